@@ -1,0 +1,252 @@
+"""The command line every paper package shares: ``python -m <paper> {reproduce,report,presets}``.
+
+A paper's ``__main__.py`` is three lines::
+
+    from common.cli import main
+    from . import config, reproduce
+    raise SystemExit(main("nvit", presets=config.PRESETS, run=reproduce.run, report=reproduce.report))
+
+``run(cfg, ctx) -> RunRecord`` does the experiment; ``report(record, out_dir) -> str`` turns a saved
+record into Markdown (and figures under ``out_dir``) without recomputing anything. This module
+handles presets and overrides, runtime setup, provenance, writing the record atomically, and the
+generated results block of the paper's README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import inspect
+import json
+import logging
+import shlex
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import runtime
+from .config import ConfigError, Preset, config_hash, describe, get_preset, override, to_dict
+from .results import (
+    RECORD_FILE,
+    RunRecord,
+    load_record,
+    provenance,
+    render_record,
+    update_readme_block,
+    write_json_atomic,
+    write_record,
+)
+
+log = logging.getLogger(__name__)
+
+PRESET_ORDER = ("mini", "smoke", "paper")
+"""Order of the presets in a README's generated block: the default first."""
+
+README_BLOCK = "results"
+
+EXIT_NOT_IMPLEMENTED = 3
+
+
+class NotImplementedYet(NotImplementedError):
+    """Raised by a preset whose reproduction is not written yet; the CLI exits non-zero with the message."""
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What a paper's ``run`` gets besides its config: where to write, which device, and provenance."""
+
+    paper: str
+    preset: str
+    out_dir: Path
+    device: torch.device
+    threads: int
+    command: str
+    cache: runtime.ArtifactCache
+    config: Any
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def new_record(self, seeds: list[int] | tuple[int, ...] | None = None) -> RunRecord:
+        """An empty record with the config, its hash and provenance filled in."""
+        if seeds is None:
+            seeds = getattr(self.config, "seeds", ())
+        return RunRecord(
+            paper=self.paper,
+            preset=self.preset,
+            command=self.command,
+            config=to_dict(self.config),
+            config_hash=config_hash(self.config),
+            seeds=list(seeds),
+            provenance=provenance(
+                device=str(self.device), device_name=runtime.device_name(self.device), threads=self.threads
+            ),
+        )
+
+
+RunFn = Callable[[Any, RunContext], RunRecord]
+ReportFn = Callable[[RunRecord, Path], str]
+
+
+def default_report(record: RunRecord, out_dir: Path) -> str:
+    return render_record(record)
+
+
+def readme_path(paper: str) -> Path:
+    return Path(importlib.import_module(paper).__file__).parent / "README.md"
+
+
+def make_command(paper: str, preset: str, sets: list[str]) -> str:
+    """The shortest command that re-runs this configuration (shown next to every reported number)."""
+    parts = ["python", "-m", paper, "reproduce", "--preset", preset]
+    for s in sets:
+        parts += ["--set", s]
+    return shlex.join(parts)
+
+
+def saved_presets(paper_dir: Path) -> list[str]:
+    """Presets with a saved record under ``paper_dir``, the default preset first."""
+    if not paper_dir.exists():
+        return []
+    names = [p.name for p in paper_dir.iterdir() if (p / RECORD_FILE).exists()]
+    rank = {name: i for i, name in enumerate(PRESET_ORDER)}
+    return sorted(names, key=lambda name: (rank.get(name, len(rank)), name))
+
+
+def report_all(
+    paper: str, results_dir: Path, report: ReportFn, readme: Path | None, presets: list[str] | None = None
+) -> str:
+    """Re-derive tables and figures from saved records; optionally rewrite the README's results block.
+
+    Each record's ``results.md``/``results.csv`` (and whatever figures ``report`` draws) are rewritten;
+    the README block gets one section per preset with a record (``presets`` limits which are re-derived
+    when no README is updated). Returns the block's Markdown.
+    """
+    paper_dir = results_dir / paper
+    sections = []
+    for preset in saved_presets(paper_dir):
+        if readme is None and presets is not None and preset not in presets:
+            continue
+        record = load_record(paper_dir / preset)
+        body = report(record, paper_dir / preset)
+        write_record(record, paper_dir / preset, markdown=body)
+        make_hint = f"make reproduce-{paper}" + ("" if preset == "mini" else f" PRESET={preset}")
+        sections.append(f"### Preset `{preset}` (`{make_hint}`)\n\n{body.strip()}")
+    content = "\n\n".join(sections) or f"_No results recorded yet: run `make reproduce-{paper}`._"
+    if readme is not None:
+        changed = update_readme_block(readme, README_BLOCK, content)
+        log.info("%s: README results block %s", paper, "updated" if changed else "unchanged")
+    return content
+
+
+def _build_parser(paper: str, presets: Mapping[str, Preset], description: str) -> argparse.ArgumentParser:
+    preset_lines = "\n".join(
+        f"  {name:<6} {(fn.__doc__ or '').strip().splitlines()[0]}" for name, fn in presets.items()
+    )
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {paper}",
+        description=f"{description}\n\npresets:\n{preset_lines}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rep = sub.add_parser(
+        "reproduce",
+        help="run a preset, write results/<paper>/<preset>/record.json and update the README",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"Run a preset end to end. `python -m {paper} presets` lists presets and their fields.",
+    )
+    rep.add_argument("--preset", default="mini", choices=list(presets), help="which preset to run (default: mini)")
+    rep.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field, type-checked (repeatable), e.g. --set seeds='(0,1)' --set data.root=/data",
+    )  # fmt: skip
+    rep.add_argument("--results-dir", type=Path, default=None, help="where records go (default: results/)")
+    rep.add_argument("--no-readme", action="store_true", help="do not rewrite the README's generated block")
+    rep.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    rep.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    rep.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+    rpt = sub.add_parser("report", help="re-render tables, figures and the README block from saved records")
+    rpt.add_argument("--results-dir", type=Path, default=None, help="where records are (default: results/)")
+    rpt.add_argument("--no-readme", action="store_true", help="do not rewrite the README's generated block")
+
+    pre = sub.add_parser("presets", help="list the presets, or show every field of one with its help")
+    pre.add_argument("name", nargs="?", choices=list(presets), help="show this preset's fields")
+    return parser
+
+
+def _print_presets(presets: Mapping[str, Preset], name: str | None) -> None:
+    if name is None:
+        for preset_name, fn in presets.items():
+            print(f"{preset_name}:\n{textwrap.indent(inspect.cleandoc(fn.__doc__ or ''), '    ')}\n")
+        return
+    cfg = get_preset(presets, name)
+    print(inspect.cleandoc(presets[name].__doc__ or ""), end="\n\n")
+    width = max(len(k) for k, _, _ in describe(cfg))
+    for key, value, help_text in describe(cfg):
+        print(f"  {key:<{width}}  {value!r:<24} {help_text}")
+    print(f"\nconfig hash: {config_hash(cfg)}")
+
+
+def main(
+    paper: str,
+    *,
+    presets: Mapping[str, Preset],
+    run: RunFn,
+    report: ReportFn = default_report,
+    description: str = "",
+    argv: list[str] | None = None,
+) -> int:
+    """Parse ``argv`` and run the sub-command; returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    parser = _build_parser(paper, presets, description or (importlib.import_module(paper).__doc__ or "").strip())
+    args = parser.parse_args(argv)
+
+    if args.command == "presets":
+        _print_presets(presets, args.name)
+        return 0
+
+    results_dir = args.results_dir or runtime.results_root()
+    if args.command == "report":
+        report_all(paper, results_dir, report, readme=None if args.no_readme else readme_path(paper))
+        return 0
+
+    try:
+        cfg = override(get_preset(presets, args.preset), args.sets)
+    except ConfigError as err:
+        parser.error(str(err))
+    if args.dry_run:
+        print(json.dumps(to_dict(cfg), indent=2))
+        print(f"config hash: {config_hash(cfg)}")
+        return 0
+
+    runtime.enable_offline_mode()
+    device = runtime.select_device(args.device)
+    threads = runtime.set_threads(args.threads)
+    out_dir = results_dir / paper / args.preset
+    ctx = RunContext(
+        paper=paper,
+        preset=args.preset,
+        out_dir=out_dir,
+        device=device,
+        threads=threads,
+        command=make_command(paper, args.preset, args.sets),
+        cache=runtime.ArtifactCache(paper),
+        config=cfg,
+    )
+    log.info("%s preset %s (config %s) on %s, %d threads", paper, args.preset, config_hash(cfg), device, threads)
+    try:
+        record = run(cfg, ctx)
+    except NotImplementedYet as err:
+        print(f"{paper}: preset {args.preset!r} is not implemented yet: {err}", file=sys.stderr)
+        return EXIT_NOT_IMPLEMENTED
+    record.provenance["wall_time_s"] = round(time.perf_counter() - ctx.started, 2)
+    write_json_atomic(out_dir / RECORD_FILE, record.to_json())
+    log.info("wrote %s", out_dir / RECORD_FILE)
+    report_all(paper, results_dir, report, readme=None if args.no_readme else readme_path(paper), presets=[args.preset])
+    return 0

@@ -1,0 +1,282 @@
+"""Configs and the three presets of the DiffuseHigh reproduction.
+
+Every field carries help text (``python -m diffusehigh presets mini`` lists them). New fields must default to
+the value that reproduces the results already recorded (see ../README.md, "Conventions").
+
+Names follow the paper and the released pipeline (``DiffuseHighSDXLPipeline.__call__``): the released
+defaults are in ``paper()``; ``StageConfig`` documents where the released code is quirky and what is done
+instead (research notes ../shared/papers/diffusehigh.md, sections 2.9 and 2.11).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from common.config import param
+
+SDXL_SIGMA_T281 = 0.7789
+"""SDXL's Euler sigma at t=281, the first of the last 15 of 50 steps (alpha_bar 0.6224; notes 2.5, App. A)."""
+
+README_NEGATIVE_PROMPT = "blurry, ugly, duplicate, poorly drawn, deformed, mosaic"
+"""The negative prompt of every example in the official README."""
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One DiffuseHigh stage: upsample -> sharpen -> noise to sigma -> denoise with DWT structure guidance."""
+
+    scale_factors: tuple[float, ...] = param(
+        (2.0, 3.0, 4.0),
+        "side-length factor of each progressive stage relative to the base resolution; each stage is guided by "
+        "the previous stage's output (released: target_height/width [2048, 3072, 4096] from 1024; 2K README "
+        "example: (1.5, 2.0))",
+    )
+    upsample_mode: Literal["bicubic", "bilinear"] = param(
+        "bicubic",
+        "pixel-space interpolation of the guide (released code: bicubic, align_corners=False; paper text and old "
+        "code: bilinear)",
+    )
+    sharpening_alpha: float = param(
+        1.0,
+        "unsharp-mask strength alpha: x + alpha * (x - blur(x)); 0 disables sharpening (released "
+        "sharpening_alpha=1.0; the README's `sharpness_factor` is not a parameter and was silently ignored)",
+    )
+    sharpening_kernel_size: int = param(3, "Gaussian blur kernel of the unsharp mask (released: 3)")
+    sharpening_sigma: tuple[float, float] = param(
+        (0.1, 2.0),
+        "blur sigma drawn uniformly from (low, high) once per stage; equal ends fix it. Drawn from the run's "
+        "seeded generator, not torch's global RNG as in the released code, so outputs follow from the seed",
+    )
+    noise_sigma: float = param(
+        SDXL_SIGMA_T281,
+        "noising level sigma_tau of the upsampled, encoded guide (z = z0 + sigma * eps; VP alpha_bar = "
+        "1/(1+sigma^2)). 0.7789 = SDXL's Euler sigma at t=281, what the released noising_steps=15 of 50 gives; "
+        "given as sigma so that other noise schedules get the same noise (DDPM-linear: t~215, not 281)",
+    )
+    stage_steps: int = param(
+        15,
+        "sampler steps per stage, from noise_sigma down to 0 (released noising_steps=15: the last 15 of the "
+        "50-step Euler grid, t=281...1, the same at every stage)",
+    )
+    dwt_steps: int = param(
+        5,
+        "structure-guided steps: at each of the first dwt_steps stage steps the low-pass (LL) DWT subband of "
+        "the predicted x0 is replaced by the guide's; 0 disables the guidance (= plain SDEdit); README: 5-7 work",
+    )
+    dwt_wave: str = param("db4", "wavelet of the DWT (PyWavelets name; released: 'db4')")
+    dwt_level: int = param(1, "DWT decomposition levels J; the LL of the coarsest level is swapped (released: 1)")
+    dwt_mode: str = param("symmetric", "DWT boundary extension (released: 'symmetric'; db4 J=1 maps N to (N+7)//2)")
+    renoise: Literal["deterministic", "fresh"] = param(
+        "deterministic",
+        "how a step continues from the guided x0: deterministic Euler/DDIM(eta=0) update as in the released "
+        "code, or re-noising with fresh noise to the next level as in the old DDIM research code",
+    )
+    diffusehigh_guidance_scale: float = param(
+        10.0,
+        "classifier-free guidance scale in the DiffuseHigh stages (released default 10.0, undocumented and "
+        "different from the base scale); unused by unconditional models",
+    )
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    """The pretrained generator and how the base (native-resolution) image is sampled."""
+
+    backbone: Literal["pixel_unet", "sdxl"] = param(
+        "pixel_unet",
+        "pixel_unet: a small diffusers UNet2DModel trained here (no autoencoder, so DWT guidance acts on x0 "
+        "directly); sdxl: StableDiffusionXL loaded from sdxl_path, DWT on VAE-decoded x0 as in the paper",
+    )
+    resolution: int = param(32, "base (native/training) resolution in pixels; stages multiply it")
+    sampler: Literal["ddim", "euler"] = param(
+        "ddim", "base and stage sampler: ddim (eta=0) for the pixel model; euler = SDXL's EulerDiscreteScheduler"
+    )
+    num_inference_steps: int = param(50, "sampler steps for the base image and for direct high-res baselines")
+    guidance_scale: float = param(5.0, "classifier-free guidance scale of the base image (released: 5.0)")
+    negative_prompt: str = param(README_NEGATIVE_PROMPT, "negative prompt for text-conditioned backbones")
+    clip_x0: bool = param(True, "clip predicted x0 to [-1, 1] at every step and after the LL swap (pixel model)")
+    dtype: Literal["float32", "float16"] = param("float32", "weights/activations dtype (released SDXL: float16)")
+    vae_tiling: bool = param(False, "tiled VAE encode/decode (the released pipeline always enables it)")
+    block_out_channels: tuple[int, ...] = param(
+        (16, 32, 64),
+        "UNet2DModel channels per resolution level; plain DownBlock2D/UpBlock2D, no attention (attention more than "
+        "doubles the CPU step time and attention-free UNets show the repetition failure more clearly)",
+    )
+    layers_per_block: int = param(1, "UNet2DModel ResNet layers per block")
+    norm_num_groups: int = param(8, "UNet2DModel GroupNorm groups (must divide every channel count)")
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = param("epsilon", "what the network predicts")
+    num_train_timesteps: int = param(1000, "diffusion steps of the training noise schedule")
+    beta_schedule: Literal["linear", "scaled_linear"] = param("linear", "DDPM beta schedule (SDXL: scaled_linear)")
+    beta_start: float = param(1e-4, "first beta of the schedule (SDXL: 0.00085)")
+    beta_end: float = param(0.02, "last beta of the schedule (SDXL: 0.012)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training of the pixel-space base model (pixel_unet only; cached by config)."""
+
+    steps: int = param(3000, "optimizer steps at the base resolution (0 = backbone is pretrained, e.g. SDXL)")
+    batch_size: int = param(24, "images per step")
+    lr: float = param(5e-4, "AdamW learning rate")
+    hflip: bool = param(True, "random horizontal flips")
+    seed: int = param(0, "training seed; one model is trained and shared by all sampling seeds")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Procedural images that can be rendered natively at any resolution (notes 7.3)."""
+
+    renderer: Literal["textured_disk", "none"] = param(
+        "textured_disk",
+        "textured_disk: one anti-aliased disk on a dark flat background with fixed-period stripes and grain, so "
+        "object size scales with resolution but texture does not; none: no training/reference images (SDXL)",
+    )
+    num_train_images: int = param(6000, "training images rendered at the base resolution")
+    num_reference_images: int = param(256, "real images rendered natively at each target resolution, for metrics")
+    radius_range: tuple[float, float] = param((0.16, 0.26), "disk radius as a fraction of the image size")
+    center_range: float = param(0.4, "disk centre uniform in the middle fraction of the image")
+    stripe_period_px: float = param(4.0, "stripe period inside the disk, in pixels at every resolution")
+    stripe_contrast: float = param(0.18, "stripe amplitude (+-) in [0, 1] intensity units")
+    grain_sigma: float = param(0.06, "per-pixel Gaussian grain everywhere, in [0, 1] intensity units")
+    seed: int = param(1234, "seed of the rendered training and reference sets")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """What is measured on the generated images."""
+
+    count_smoothing_px: int = param(5, "box filter before object segmentation")
+    count_threshold: float = param(0.35, "colour distance from the border-median background that marks object pixels")
+    count_min_area_px: int = param(20, "smallest connected component counted as an object")
+    highpass_sigma: float = param(1.5, "Gaussian sigma of the detail metric mean((x - G(x))^2)")
+    kid_feature_steps: int = param(
+        300, "training steps of the small local CNN whose features KID uses (0 = no KID); no Inception offline"
+    )
+    patch_size: int = param(32, "crop size for patch metrics (patch-KID here; 1024 crops for FID_c/KID_c/IS_c)")
+    fid_resize: int = param(299, "resize for FID/KID/IS on whole images (paper preset, Inception weights needed)")
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """Extra conditions; each grid varies one StageConfig field around its default."""
+
+    baselines: tuple[Literal["direct", "bicubic"], ...] = param(
+        ("direct", "bicubic"),
+        "direct: sample from noise at the target resolution; bicubic: interpolate the base image only",
+    )
+    scale_factors: tuple[float, ...] = param(
+        (2.0,), "stages the one-factor grids below run at (the full default stages are always run)"
+    )
+    dwt_steps: tuple[int, ...] = param((0, 3, 5, 7, 15), "values of stages.dwt_steps to compare (0 = SDEdit)")
+    sharpening_alpha: tuple[float, ...] = param((0.0, 0.5, 1.0, 2.0), "values of stages.sharpening_alpha")
+    noise_sigma: tuple[float, ...] = param(
+        (SDXL_SIGMA_T281, 1.5, 3.0), "values of stages.noise_sigma, each with and without DWT guidance"
+    )
+    dwt_wave: tuple[str, ...] = param(("db4", "haar"), "values of stages.dwt_wave")
+    dwt_level: tuple[int, ...] = param((1, 2), "values of stages.dwt_level")
+    one_jump: bool = param(True, "also go to the last scale factor in a single stage (progressive vs one jump)")
+
+
+@dataclass(frozen=True)
+class DiffuseHighConfig:
+    seeds: tuple[int, ...] = param((0, 1), "sampling seeds; tables report mean +- std over them")
+    num_samples: int = param(32, "images generated per seed and condition")
+    sdxl_path: str = param(
+        "", "local diffusers directory of stable-diffusion-xl-base-1.0 (paper preset; loaded offline)"
+    )
+    prompts_path: str = param("", "text file, one prompt per line (paper preset); empty = the README's examples")
+    metric_weights_path: str = param(
+        "", "local directory with Inception/CLIP weights for FID/KID/IS/CLIP (paper preset); empty = skip them"
+    )
+    model: BaseModelConfig = param(BaseModelConfig(), "the pretrained generator and base-image sampling")
+    stages: StageConfig = param(StageConfig(), "the DiffuseHigh stages (released defaults)")
+    train: TrainConfig = param(TrainConfig(), "training of the pixel-space base model")
+    data: DataConfig = param(DataConfig(), "procedural training and reference images")
+    metrics: MetricsConfig = param(MetricsConfig(), "metrics")
+    ablation: AblationConfig = param(AblationConfig(), "baselines and ablation grids")
+
+
+def smoke() -> DiffuseHighConfig:
+    """Seconds on a CPU: a tiny pixel UNet, a few steps, one 2x stage; checks the plumbing, not the claims.
+
+    Command: ``make reproduce-diffusehigh PRESET=smoke``. Hardware: any CPU. Time: < 60 s.
+    Targets: nothing in the paper; used by the tests.
+    """
+    return DiffuseHighConfig(
+        seeds=(0,),
+        num_samples=4,
+        model=BaseModelConfig(resolution=16, num_inference_steps=10, block_out_channels=(8, 16), norm_num_groups=4),
+        stages=StageConfig(scale_factors=(2.0,), stage_steps=5, dwt_steps=2),
+        train=TrainConfig(steps=30, batch_size=8),
+        data=DataConfig(num_train_images=64, num_reference_images=8),
+        metrics=MetricsConfig(kid_feature_steps=0, patch_size=16),
+        ablation=AblationConfig(
+            scale_factors=(2.0,),
+            dwt_steps=(0,),
+            sharpening_alpha=(0.0,),
+            noise_sigma=(),
+            dwt_wave=(),
+            dwt_level=(),
+            one_jump=False,
+        ),
+    )
+
+
+def mini() -> DiffuseHighConfig:
+    """The default: a pixel UNet trained at 32x32 on textured disks, taken to 2x and 4x by DiffuseHigh.
+
+    Command: ``make reproduce-diffusehigh``. Hardware: 2-core CPU. Time budget: <= 30 min including
+    training (10-25 min of it training the 0.64M-parameter UNet for 3,000 steps at 0.2-0.5 s/step),
+    <= 10 min when the trained model is cached (estimates from the research notes' pilot, not yet measured).
+    Targets: the paper's qualitative claims, not its tables (which could not be read): direct sampling
+    above the training resolution repeats objects and DiffuseHigh does not; the DWT guidance keeps the
+    low-resolution structure better than plain noising-denoising; it adds detail that interpolation lacks;
+    progressive vs one jump; sharpening; cost vs direct high-resolution sampling. Stages 32 -> 64 -> 128,
+    2 sampling seeds x 32 images; stage settings as released, the noise level matched in sigma.
+    """
+    return DiffuseHighConfig(stages=StageConfig(scale_factors=(2.0, 4.0)))
+
+
+def paper() -> DiffuseHighConfig:
+    """The released SDXL pipeline's defaults: 1024^2 base, stages 2048 -> 3072 -> 4096, on a GPU.
+
+    Command: ``make reproduce-diffusehigh PRESET=paper ARGS="--set sdxl_path=/path"`` where the directory
+    holds stable-diffusion-xl-base-1.0 in diffusers layout. Hardware: one 80 GB GPU (whole-latent UNet at
+    512x512 latents; peak memory not measured). Time: a third party measured ~325 s per 4096^2 image
+    (ScaleDiff, arXiv:2510.25818), so ~90 GPU-hours for 1,000 prompts; fewer with --set num_samples=N.
+    Targets: the paper's quantitative SDXL comparison at 4096^2 (its table could not be read, so there is no
+    paper number to compare with; see paper.py); FID/KID/IS/CLIP only with metric_weights_path, otherwise
+    time per image, low-resolution consistency and detail. 2K instead: --set stages.scale_factors='(1.5, 2.0)'.
+    """
+    return DiffuseHighConfig(
+        seeds=(0,),
+        num_samples=1000,
+        model=BaseModelConfig(
+            backbone="sdxl",
+            resolution=1024,
+            sampler="euler",
+            dtype="float16",
+            vae_tiling=True,
+            clip_x0=False,
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+        ),
+        stages=StageConfig(),
+        train=TrainConfig(steps=0),
+        data=DataConfig(renderer="none", num_train_images=0, num_reference_images=0),
+        metrics=MetricsConfig(kid_feature_steps=0, patch_size=1024),
+        ablation=AblationConfig(
+            baselines=("bicubic",),
+            dwt_steps=(),
+            sharpening_alpha=(),
+            noise_sigma=(),
+            dwt_wave=(),
+            dwt_level=(),
+            one_jump=False,
+        ),
+    )
+
+
+PRESETS = {"smoke": smoke, "mini": mini, "paper": paper}

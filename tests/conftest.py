@@ -1,0 +1,65 @@
+"""Test configuration: offline, CPU, seeded, with every cache and output in a temporary directory.
+
+Any attempt to open a network connection fails loudly (tests must never touch the network), and the
+project's caches and results go to a per-session temporary folder so tests never write into the repo.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported anywhere
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "DIFFUSERS_OFFLINE"):
+    os.environ[_var] = "1"
+os.environ["PRUNE_REPRO_PROGRESS"] = "0"
+_SESSION_DIR = tempfile.mkdtemp(prefix="prune-repro-tests-")
+os.environ["PRUNE_REPRO_CACHE"] = os.path.join(_SESSION_DIR, "cache")
+os.environ["PRUNE_REPRO_RESULTS"] = os.path.join(_SESSION_DIR, "results")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+class NetworkAccessError(RuntimeError):
+    pass
+
+
+def _refuse(*args, **kwargs):
+    raise NetworkAccessError(f"tests must not use the network (attempted connection: {args[1:] or kwargs})")
+
+
+_INET = (socket.AF_INET, socket.AF_INET6)
+_original_connect = socket.socket.connect
+_original_connect_ex = socket.socket.connect_ex
+
+
+def _guarded(original):
+    def connect(self, address):
+        if self.family in _INET:
+            _refuse(self, address)
+        return original(self, address)
+
+    return connect
+
+
+socket.socket.connect = _guarded(_original_connect)
+socket.socket.connect_ex = _guarded(_original_connect_ex)
+socket.create_connection = lambda address, *a, **k: _refuse(None, address)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    """Same seed and thread count for every test, so a failure reproduces."""
+    torch.manual_seed(0)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+
+
+@pytest.fixture
+def tmp_results(tmp_path, monkeypatch):
+    """A private results root and cache for one test."""
+    monkeypatch.setenv("PRUNE_REPRO_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("PRUNE_REPRO_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "results"

@@ -1,0 +1,80 @@
+"""Every paper package has the same skeleton, so a reader who knows one knows all (../README.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from common.cli import EXIT_NOT_IMPLEMENTED, main
+from common.config import config_hash, describe, to_dict
+from common.results import PaperNumber, read_block
+from common.runtime import REPO_ROOT
+
+PAPERS = ("nvit", "three_regime", "diffusehigh", "darex", "masksparsity")
+ISSUES = {"nvit": 3, "masksparsity": 4, "three_regime": 5, "darex": 6, "diffusehigh": 7}
+NOT_IMPLEMENTED = [(p, preset) for p in PAPERS for preset in ("smoke", "mini") if (p, preset) != ("darex", "smoke")]
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_skeleton_files(paper):
+    folder = REPO_ROOT / paper
+    for name in ("__init__.py", "__main__.py", "config.py", "paper.py", "reproduce.py", "README.md"):
+        assert (folder / name).is_file(), f"{paper}/{name} missing"
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_presets_are_documented_frozen_configs(paper):
+    presets = importlib.import_module(f"{paper}.config").PRESETS
+    assert list(presets) == ["smoke", "mini", "paper"]
+    hashes = set()
+    for name, preset in presets.items():
+        doc = preset.__doc__ or ""
+        assert "Command:" in doc and f"reproduce-{paper}" in doc, f"{paper}.{name}: docstring must give the command"
+        cfg = preset()
+        assert dataclasses.is_dataclass(cfg) and cfg.__dataclass_params__.frozen
+        assert all(help_text for _, _, help_text in describe(cfg)), f"{paper}.{name}: a field lacks help text"
+        json.dumps(to_dict(cfg))  # records must be able to hold it
+        assert config_hash(cfg) == config_hash(preset()), "a preset is deterministic"
+        hashes.add(config_hash(cfg))
+    assert len(hashes) == 3, "the three presets differ"
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_paper_numbers_cite_their_source(paper):
+    numbers = importlib.import_module(f"{paper}.paper").PAPER_NUMBERS
+    assert isinstance(numbers, tuple)
+    for number in numbers:
+        assert isinstance(number, PaperNumber) and number.source and number.metric and number.setting
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_card_has_generated_block_and_names_its_issue(paper):
+    text = (REPO_ROOT / paper / "README.md").read_text()
+    read_block(text, "results")  # exactly one pair of markers
+    assert f"issue #{ISSUES[paper]}" in text
+    assert f"make reproduce-{paper}" in text
+
+
+@pytest.mark.parametrize("paper, preset", NOT_IMPLEMENTED)
+def test_unimplemented_presets_say_so_and_fail(paper, preset, tmp_results, capsys):
+    module = importlib.import_module(f"{paper}.reproduce")
+    presets = importlib.import_module(f"{paper}.config").PRESETS
+    argv = ["reproduce", "--preset", preset, "--no-readme", "--results-dir", str(tmp_results)]
+    code = main(paper, presets=presets, run=module.run, report=module.report, argv=argv)
+    assert code == EXIT_NOT_IMPLEMENTED
+    assert "not implemented yet" in capsys.readouterr().err
+    assert not (tmp_results / paper).exists(), "nothing is recorded for a run that did not happen"
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_module_entry_point(paper):
+    """`python -m <paper>` is wired to the shared CLI (a real subprocess, as a user runs it)."""
+    out = subprocess.run([sys.executable, "-m", paper, "presets", "smoke"], capture_output=True, text=True,
+                         cwd=REPO_ROOT, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "config hash:" in out.stdout and "seeds" in out.stdout

@@ -1,0 +1,303 @@
+"""Configs and the three presets of the three-regime reproduction.
+
+The experiment is a grid: each cell is one temperature-like value of the *dense* model (training epochs,
+batch size or SAM rho) times one load-like value of the *sparse* model (its density, % of weights kept).
+In each cell the dense model is pruned once (one-shot L1 magnitude), retrained with the masks fixed under
+several retraining seeds, and the retrained pairs are compared by linear mode connectivity (LMC, ``mc``)
+and CKA similarity of their outputs; the regime of the cell follows from (mc, CKA).
+
+Every field carries help text (``python -m three_regime presets mini`` lists them). Values marked
+"official" come from the official code (github.com/YefanZhou/ThreeRegimePruning) as summarised in
+shared/papers/three_regime.md; the full paper body could not be read offline, so none of them is checked
+against the PDF. New fields must default to the value that reproduces the results already recorded
+(see ../README.md, "Conventions").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from common.config import param
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Literal["mnist1d", "cifar10"] = param(
+        "mnist1d", "mnist1d: generated offline by the `mnist1d` package; cifar10: read from `root` (paper)"
+    )
+    root: str = param(
+        "",
+        "CIFAR-10 directory for torchvision CIFAR10(download=False) (holds cifar-10-batches-py/); "
+        "empty = not needed (mnist1d)",
+    )
+    num_samples: int = param(5000, "MNIST-1D examples generated, train + test (mnist1d default 5,000 = 4,000 / 1,000)")
+    seed: int = param(42, "MNIST-1D generator seed (mnist1d default 42); the same data for every model seed")
+    augment: bool = param(
+        False,
+        "training augmentation: RandomCrop(32, padding 4) + horizontal flip (official CIFAR-10); none for MNIST-1D",
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["mlp_bn", "preresnet"] = param(
+        "mlp_bn", "mlp_bn: MLP with BatchNorm (CPU analogue); preresnet: CIFAR PreResNet (the paper's model)"
+    )
+    depth: int = param(20, "PreResNet depth (6n+2; 20 = 3 blocks per stage, official)")
+    width_scale: int = param(1, "PreResNet width multiplier k: stages of 16k/32k/64k channels (1 = PreResNet-20)")
+    hidden_layers: int = param(4, "mlp_bn: number of hidden Linear+BN+ReLU layers")
+    hidden_width: int = param(256, "mlp_bn: units per hidden layer")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training of the dense (pre-pruned) model."""
+
+    epochs: int = param(160, "dense training epochs; temperature=training_epochs takes checkpoints of this one run")
+    iterations: int = param(
+        0,
+        "if > 0, train for this many SGD steps instead of `epochs`, drop_last batches "
+        "(official batch-size study: 62,400 = 160 epochs at batch 128)",
+    )
+    batch_size: int = param(64, "dense training batch size (official epoch study: 64)")
+    lr: float = param(0.1, "initial learning rate, not rescaled with batch size (official: 0.1)")
+    momentum: float = param(0.9, "SGD momentum (official: 0.9)")
+    weight_decay: float = param(1e-4, "weight decay (official: 1e-4)")
+    lr_decay_at: tuple[float, ...] = param(
+        (0.5, 0.75),
+        "fractions of the training length (epochs, or iterations if `iterations` > 0) at which the "
+        "lr is multiplied by lr_decay (official: epochs 80 and 120 of 160)",
+    )
+    lr_decay: float = param(0.1, "step decay factor (official: 0.1)")
+    optimizer: Literal["sgd", "sam"] = param("sgd", "sgd, or SAM (two-step; BN stats frozen on the second pass)")
+    sam_rho: float = param(
+        0.6,
+        "SAM radius rho when optimizer=sam and rho is not the grid's temperature "
+        "(official write_experiments default 0.6)",
+    )
+    sam_adaptive: bool = param(False, "use adaptive SAM (ASAM) instead of SAM (official option, off by default)")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    scope: Literal["uniform", "global"] = param(
+        "uniform",
+        "uniform: the same fraction of L1-smallest weights removed in every prunable layer (official "
+        "`unif`, used in all official scripts); global: one magnitude threshold over all prunable layers "
+        "(official `glob`; removed whole layers at <= 1 % density in the CPU pilot)",
+    )
+    prune_classifier: bool = param(
+        False,
+        "also prune the final classifier (official: no; only Conv2d weights, the first conv included, "
+        "are pruned; biases and BN never)",
+    )
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Retraining of the pruned model from its trained weights, masks fixed, with a rewound lr schedule."""
+
+    seeds: tuple[int, ...] = param(
+        (1, 2, 3),
+        "retraining seeds per pruned model (differ only in data order/augmentation); LMC and CKA are "
+        "measured on every pair of them (official: 1, 2, 3 -> pairs (1,2), (1,3), (2,3))",
+    )
+    epochs: int = param(160, "retraining epochs (official: 160, the full dense schedule)")
+    iterations: int = param(
+        0, "if > 0, retrain for this many SGD steps instead of `epochs` (official batch-size study: 62,400)"
+    )
+    batch_size: int = param(64, "retraining batch size (official: 64 in the epoch study, 128 in the batch-size study)")
+    lr: float = param(0.1, "initial retraining lr: the schedule is rewound, not continued (official: 0.1)")
+    momentum: float = param(0.9, "SGD momentum (official: 0.9)")
+    weight_decay: float = param(1e-4, "weight decay (official: 1e-4)")
+    lr_decay_at: tuple[float, ...] = param(
+        (0.5, 0.75),
+        "fractions of the retraining length at which the lr is multiplied by lr_decay "
+        "(official: epochs 80 and 120 of 160)",
+    )
+    lr_decay: float = param(0.1, "step decay factor (official: 0.1)")
+    test_error_last_epochs: int = param(
+        5, "reported test error = mean over the last N retraining epochs (official notebook: 5)"
+    )
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Loss-landscape metrics between two retrained models that share one pruned starting point."""
+
+    lmc_points: int = param(11, "points t in [0, 1] on the straight line between the two models (official: 11)")
+    lmc_samples: int = param(
+        0,
+        "training examples (no augmentation) used to re-estimate BN statistics and to measure the error at "
+        "each point; 0 = the whole training set (official)",
+    )
+    lmc_bn_reestimate: bool = param(True, "re-estimate BN running statistics at every point of the line (official)")
+    cka_features: Literal["softmax", "logits"] = param(
+        "softmax", "outputs compared by linear CKA (official notebook plots softmax)"
+    )
+    cka_samples: int = param(
+        6464, "training examples (no augmentation, no shuffle) for CKA (official: 101 x 64 = 6,464)"
+    )
+    cka_debiased: bool = param(False, "debiased HSIC instead of the biased estimator (official: biased)")
+
+
+@dataclass(frozen=True)
+class RegimeConfig:
+    """Thresholds that turn (mc, CKA) into Regime I / II-A / II-B. Ours: the paper's boundaries are hand-drawn."""
+
+    mc_barrier: float = param(
+        0.02,
+        "Regime I iff mc < -mc_barrier (train-error fraction). Our choice: the official code has no "
+        "threshold; the notes suggest 0.01-0.05",
+    )
+    cka_split: Literal["column_median", "threshold"] = param(
+        "column_median",
+        "how connected cells split into II-A (dissimilar) and II-B (similar): CKA below/above "
+        "the median of its density column, or below/above cka_threshold. Our choice, not the paper's",
+    )
+    cka_threshold: float = param(0.95, "CKA threshold when cka_split=threshold (our choice)")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The temperature x density grid; only the list named by `temperature` is used."""
+
+    temperature: Literal["training_epochs", "batch_size", "sam_rho"] = param(
+        "training_epochs",
+        "the temperature-like knob of the dense model: fewer epochs, smaller batch or larger "
+        "rho = hotter (the rho direction is assumed, unverified)",
+    )
+    training_epochs: tuple[int, ...] = param(
+        tuple(range(10, 161, 10)), "dense checkpoints (epochs) taken from one training run (official: 10, 20, ..., 160)"
+    )
+    batch_sizes: tuple[int, ...] = param(
+        (16, 32, 64, 128, 256, 512), "dense batch sizes at a fixed iteration budget (official batch-size study)"
+    )
+    sam_rhos: tuple[float, ...] = param(
+        (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+        "SAM rho values (official README: 0.1 ... 0.8; the 0.1 step is our assumption)",
+    )
+    densities: tuple[float, ...] = param(
+        (5.0, 6.0, 7.0, 8.0, 10.0, 14.0, 20.0, 40.0, 80.0),
+        "load-like knob: % of prunable weights kept (official: 5, 6, 7, 8, 10, 14, 20, 40, 80)",
+    )
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """Spreading grid cells over processes and machines; results are cached per cell."""
+
+    index: int = param(0, "this process runs the cells whose index % count == index")
+    count: int = param(1, "number of shards the grid is split into (1 = run every cell here)")
+    workers: int = param(1, "worker processes on this machine, one torch thread each (one per core on CPU)")
+
+
+@dataclass(frozen=True)
+class ThreeRegimeConfig:
+    seeds: tuple[int, ...] = param(
+        (1, 2, 3), "dense-model training seeds; every grid number is averaged over them (official notebook: 1, 2, 3)"
+    )
+    data: DataConfig = param(DataConfig(), "dataset")
+    model: ModelConfig = param(ModelConfig(), "architecture")
+    train: TrainConfig = param(TrainConfig(), "dense training (temperature-like knob acts here)")
+    prune: PruneConfig = param(PruneConfig(), "one-shot unstructured L1-magnitude pruning")
+    retrain: RetrainConfig = param(RetrainConfig(), "retraining with fixed masks")
+    metrics: MetricsConfig = param(MetricsConfig(), "LMC and CKA between retrained pairs")
+    regime: RegimeConfig = param(RegimeConfig(), "regime thresholds")
+    grid: GridConfig = param(GridConfig(), "temperature x density grid")
+    shard: ShardConfig = param(ShardConfig(), "parallelism")
+
+
+def smoke() -> ThreeRegimeConfig:
+    """Seconds on a CPU: a 2 x 2 grid with a tiny BN-MLP on MNIST-1D; checks the plumbing, used by the tests.
+
+    Command: ``make reproduce-three_regime PRESET=smoke``. Hardware: any CPU. Time: < 60 s.
+    Targets no paper number; writes a record with the Fig. 2 quantities for a 2 x 2 grid.
+    """
+    return ThreeRegimeConfig(
+        seeds=(0,),
+        data=DataConfig(dataset="mnist1d", num_samples=1000),
+        model=ModelConfig(arch="mlp_bn", hidden_layers=2, hidden_width=64),
+        train=TrainConfig(epochs=4, batch_size=64, weight_decay=5e-4),
+        retrain=RetrainConfig(seeds=(0, 1), epochs=2, batch_size=64, weight_decay=5e-4, test_error_last_epochs=1),
+        metrics=MetricsConfig(lmc_points=5, cka_samples=200),
+        grid=GridConfig(training_epochs=(2, 4), densities=(10.0, 50.0)),
+        shard=ShardConfig(workers=1),
+    )
+
+
+def mini() -> ThreeRegimeConfig:
+    """The default of ``make reproduce-three_regime``: the Fig. 2 phase diagrams with a BN-MLP on MNIST-1D.
+
+    Command: ``make reproduce-three_regime``. Hardware: 2-core CPU, two single-thread worker processes.
+    Time: about 10-15 min (CPU pilot, shared/papers/three_regime.md §5.3 run E: ~12 s per cell with 2
+    retrains of 30 epochs on one contended core; here 6 x 6 cells x 2 dense seeds with 3 retrains each).
+    Targets: Fig. 2 (PreResNet-20 / CIFAR-10, temperature = training epochs) as a qualitative analogue: test
+    error, normalized test error, mc and CKA over 6 checkpoints x 6 densities. The schedule is the official
+    160-epoch one scaled by 3/8 (60 epochs, decays at 30/45; retraining 30 epochs, decays at 15/22), so the
+    first three checkpoints are hot (lr 0.1) and the last three cold, as around epoch 80 in the paper.
+    """
+    return ThreeRegimeConfig(
+        seeds=(0, 1),
+        data=DataConfig(dataset="mnist1d", num_samples=5000, seed=42),
+        model=ModelConfig(arch="mlp_bn", hidden_layers=4, hidden_width=256),
+        train=TrainConfig(epochs=60, batch_size=64, lr=0.1, weight_decay=5e-4, lr_decay_at=(0.5, 0.75)),
+        prune=PruneConfig(scope="uniform", prune_classifier=False),
+        retrain=RetrainConfig(
+            seeds=(0, 1, 2), epochs=30, batch_size=64, lr=0.1, weight_decay=5e-4, lr_decay_at=(0.5, 0.75)
+        ),
+        metrics=MetricsConfig(lmc_points=11, lmc_samples=0, cka_features="softmax", cka_samples=1000),
+        grid=GridConfig(
+            temperature="training_epochs",
+            training_epochs=(10, 20, 30, 40, 50, 60),
+            densities=(1.0, 2.0, 5.0, 10.0, 20.0, 50.0),
+        ),
+        shard=ShardConfig(workers=2),
+    )
+
+
+def paper() -> ThreeRegimeConfig:
+    """PreResNet-20 on CIFAR-10 from a local copy, the official 16 x 9 grid (Fig. 2), for GPUs.
+
+    Command: ``make reproduce-three_regime PRESET=paper ARGS="--set data.root=/path/to/cifar10"``; to spread
+    the cells over N processes or machines add ``--set shard.count=N --set shard.index=i`` (i = 0..N-1) and
+    ``--set shard.workers=W`` for W concurrent jobs per GPU. Batch-size study: ``--set
+    grid.temperature=batch_size --set train.iterations=62400 --set retrain.iterations=62400 --set
+    retrain.batch_size=128``; SAM study: ``--set train.optimizer=sam --set
+    grid.temperature=sam_rho``. A reduced run (the notes' "about 1 GPU-hour"): ``--set seeds='(1,)' --set
+    retrain.seeds='(1,2)' --set retrain.epochs=80 --set grid.training_epochs='(20,40,60,80,100,160)' --set
+    grid.densities='(5.,7.,10.,20.,80.)'``.
+    Hardware: one or more CUDA GPUs. Time: 1,296 retrainings of 160 epochs; the notes estimate ~9 GPU-hours
+    on an H100 with ~10 concurrent jobs and a GPU-resident data pipeline, ~10x more with CPU data loading
+    (estimates, not measured).
+    Targets: Fig. 2 (test error, normalized test error, mc, CKA; 16 training-epoch temperatures x 9 densities,
+    3 dense seeds x 3 retraining seeds). The figure is numbered as in the official repo; check against the PDF.
+    """
+    return ThreeRegimeConfig(
+        seeds=(1, 2, 3),
+        data=DataConfig(dataset="cifar10", root="", augment=True),
+        model=ModelConfig(arch="preresnet", depth=20, width_scale=1),
+        train=TrainConfig(epochs=160, batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4, lr_decay_at=(0.5, 0.75)),
+        prune=PruneConfig(scope="uniform", prune_classifier=False),
+        retrain=RetrainConfig(
+            seeds=(1, 2, 3),
+            epochs=160,
+            batch_size=64,
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=1e-4,
+            lr_decay_at=(0.5, 0.75),
+            test_error_last_epochs=5,
+        ),
+        metrics=MetricsConfig(lmc_points=11, lmc_samples=0, cka_features="softmax", cka_samples=6464),
+        grid=GridConfig(
+            temperature="training_epochs",
+            training_epochs=tuple(range(10, 161, 10)),
+            densities=(5.0, 6.0, 7.0, 8.0, 10.0, 14.0, 20.0, 40.0, 80.0),
+        ),
+        shard=ShardConfig(index=0, count=1, workers=1),
+    )
+
+
+PRESETS = {"smoke": smoke, "mini": mini, "paper": paper}
