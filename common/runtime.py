@@ -125,7 +125,8 @@ class ArtifactCache:
     """Intermediate artifacts of one paper, one file per key, so an interrupted run resumes.
 
     Keys are JSON-serialisable (typically the part of a config that determines the artifact, plus a
-    seed); the file name is a readable tag plus the key's hash::
+    seed, plus a format number the caller bumps when the code that creates the artifact changes what
+    it returns); the file name is a readable tag plus the key's hash::
 
         cache = ArtifactCache("nvit")
         state = cache.get_or_create("dense", {"model": to_dict(cfg.model), "seed": 0}, lambda: train(...))

@@ -22,6 +22,9 @@ from .models import MLP, SyntheticTasks
 
 log = logging.getLogger(__name__)
 
+PAIR_FORMAT = 1
+"""Bump when what ``_fine_tuned_pair`` returns changes, so cached artifacts of the old form are not reused."""
+
 TABLE = "DARE vs DAREx-q on the synthetic task (accuracy on held-out fine-tuning data)"
 
 
@@ -94,7 +97,7 @@ def run_synthetic(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
     inv_q: dict[float, list[float]] = {p: [] for p in cfg.rates}
     kept: dict[float, list[float]] = {p: [] for p in cfg.rates}
     for seed in cfg.seeds:
-        key = {"synthetic": to_dict(syn), "seed": seed}
+        key = {"synthetic": to_dict(syn), "seed": seed, "format": PAIR_FORMAT}
         states = ctx.cache.get_or_create("finetuned-pair", key, functools.partial(_fine_tuned_pair, syn, seed))
         pretrained, finetuned = _load_pair(states, syn)
         tasks = _tasks(syn, seed)
