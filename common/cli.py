@@ -93,7 +93,7 @@ ReportFn = Callable[[RunRecord, Path], str]
 
 
 def default_report(record: RunRecord, out_dir: Path) -> str:
-    return render_record(record)
+    return render_record(record, heading_level=4)
 
 
 def readme_path(paper: str) -> Path:
