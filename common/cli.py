@@ -20,6 +20,8 @@ import importlib
 import inspect
 import json
 import logging
+import os
+import re
 import shlex
 import sys
 import textwrap
@@ -90,6 +92,21 @@ class RunContext:
 
 RunFn = Callable[[Any, RunContext], RunRecord]
 ReportFn = Callable[[RunRecord, Path], str]
+"""``report(record, out_dir) -> Markdown``; links in it (figures) are relative to ``out_dir``."""
+
+_RELATIVE_LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
+
+
+def rebase_links(markdown: str, source_dir: Path, target_dir: Path) -> str:
+    """Rewrite relative Markdown links written for ``source_dir`` so they work from ``target_dir``."""
+
+    def rebase(match: re.Match) -> str:
+        link = match.group(2)
+        if "://" in link or link.startswith(("/", "#")):
+            return match.group(0)
+        return match.group(1) + Path(os.path.relpath(source_dir / link, target_dir)).as_posix() + match.group(3)
+
+    return _RELATIVE_LINK.sub(rebase, markdown)
 
 
 def default_report(record: RunRecord, out_dir: Path) -> str:
@@ -118,14 +135,21 @@ def saved_presets(paper_dir: Path) -> list[str]:
 
 
 def report_all(
-    paper: str, results_dir: Path, report: ReportFn, readme: Path | None, presets: list[str] | None = None
+    paper: str,
+    results_dir: Path,
+    report: ReportFn,
+    readme: Path | None,
+    presets: list[str] | None = None,
+    link_base: Path | None = None,
 ) -> str:
     """Re-derive tables and figures from saved records; optionally rewrite the README's results block.
 
     Each record's ``results.md``/``results.csv`` (and whatever figures ``report`` draws) are rewritten;
     the README block gets one section per preset with a record (``presets`` limits which are re-derived
-    when no README is updated). Returns the block's Markdown.
+    when no README is updated). Links in the block are made relative to ``link_base`` (default: the
+    README's folder). Returns the block's Markdown.
     """
+    link_base = link_base or (readme.parent if readme is not None else None)
     paper_dir = results_dir / paper
     sections = []
     for preset in saved_presets(paper_dir):
@@ -134,6 +158,8 @@ def report_all(
         record = load_record(paper_dir / preset)
         body = report(record, paper_dir / preset)
         write_record(record, paper_dir / preset, markdown=body)
+        if link_base is not None:
+            body = rebase_links(body, paper_dir / preset, link_base)
         make_hint = f"make reproduce-{paper}" + ("" if preset == "mini" else f" PRESET={preset}")
         sections.append(f"### Preset `{preset}` (`{make_hint}`)\n\n{body.strip()}")
     content = "\n\n".join(sections) or f"_No results recorded yet: run `make reproduce-{paper}`._"

@@ -14,6 +14,7 @@ from common.cli import NotImplementedYet, RunContext, default_report
 from common.config import to_dict
 from common.counting import count_params
 from common.results import RunRecord
+from common.plotting import method_color, plt, savefig, style
 from common.runtime import generator, progress, seed_everything
 
 from .config import DarexConfig, SyntheticConfig
@@ -96,6 +97,7 @@ def run_synthetic(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
     acc: dict[str, list[float]] = {}
     inv_q: dict[float, list[float]] = {p: [] for p in cfg.rates}
     kept: dict[float, list[float]] = {p: [] for p in cfg.rates}
+    validation_curves: dict[float, list[list[float]]] = {p: [] for p in cfg.rates}  # per mask, over the q grid
     for seed in cfg.seeds:
         key = {"synthetic": to_dict(syn), "seed": seed, "format": PAIR_FORMAT}
         states = ctx.cache.get_or_create("finetuned-pair", key, functools.partial(_fine_tuned_pair, syn, seed))
@@ -118,8 +120,9 @@ def run_synthetic(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
                 on_validation = functools.partial(
                     pruned_accuracy.of_dare, deltas, p, mask_seed=mask_seed, x=x_val, y=y_val
                 )
-                q_best, _ = search_global_q(on_validation, q_grid(p, cfg.q_grid_points))
+                q_best, scores = search_global_q(on_validation, q_grid(p, cfg.q_grid_points))
                 inv_q[p].append(1.0 / q_best)
+                validation_curves[p].append(list(scores.values()))
                 acc.setdefault(f"DAREx-q (labelled global q), p={p}", []).append(
                     pruned_accuracy.of_dare(deltas, p, q_best, mask_seed=mask_seed, x=x_test, y=y_test)
                 )
@@ -131,6 +134,9 @@ def run_synthetic(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
     for p in cfg.rates:
         record.add("Chosen rescaling and sparsity", f"p={p}", "DAREx-q 1/q (DARE uses 1/(1-p))", inv_q[p])
         record.add("Chosen rescaling and sparsity", f"p={p}", "deltas kept", kept[p], unit="%")
+    record.extra["validation_accuracy_vs_q"] = {
+        str(p): {"q": q_grid(p, cfg.q_grid_points), "accuracy": curves} for p, curves in validation_curves.items()
+    }
     record.extra["n_delta_parameters"] = n_delta
     record.extra["n_model_parameters"] = count_params(pretrained)
     return record
@@ -145,5 +151,37 @@ def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
     )
 
 
+def plot_rescaling_curves(record: RunRecord, path: Path) -> Path:
+    """The Fig. 1 analogue: validation accuracy vs the rescaling factor 1/q, one panel per pruning rate.
+
+    DARE's 1/(1 - p) is the right end of each curve (dotted line); the pre-trained and fine-tuned
+    models' test accuracies are drawn as horizontal references.
+    """
+    curves = record.extra["validation_accuracy_vs_q"]
+    reference = {m.setting: m.mean for m in record.tables()[TABLE]}
+    with style():
+        fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.2), squeeze=False)
+        for ax, (p, curve) in zip(axes[0], curves.items(), strict=True):
+            inv_q = [1.0 / q for q in curve["q"]]
+            acc = torch.tensor(curve["accuracy"])
+            mean, std = acc.mean(0), acc.std(0) if len(acc) > 1 else torch.zeros(acc.shape[1])
+            ax.plot(inv_q, mean, marker="o", color=method_color("DAREx-q"), label="DARE mask rescaled by 1/q")
+            ax.fill_between(inv_q, mean - std, mean + std, color=method_color("DAREx-q"), alpha=0.2)
+            ax.axvline(1.0 / (1.0 - float(p)), color=method_color("DARE"), linestyle=":", label="DARE: 1/(1-p)")
+            for name, style_ in (("fine-tuned (unpruned)", "--"), ("pre-trained (no delta)", "-.")):
+                ax.axhline(reference[name], color=method_color("dense"), linestyle=style_, linewidth=1, label=name)
+            ax.set(xscale="log", xlabel="rescaling factor 1/q", ylabel="validation accuracy (%)", title=f"p = {p}")
+        axes[0][0].legend(loc="lower left")
+        return savefig(fig, path)
+
+
 def report(record: RunRecord, out_dir: Path) -> str:
-    return default_report(record, out_dir)
+    markdown = default_report(record, out_dir)
+    if "validation_accuracy_vs_q" in record.extra:
+        plot_rescaling_curves(record, out_dir / "figures" / "accuracy_vs_rescaling.png")
+        markdown += (
+            "\n![Validation accuracy vs rescaling factor](figures/accuracy_vs_rescaling.png)\n\n"
+            "Validation accuracy of DARE's mask rescaled by 1/q (mean ± std over masks); "
+            "the dotted line is DARE's 1/(1-p).\n"
+        )
+    return markdown

@@ -80,3 +80,11 @@ def test_bad_override_is_a_usage_error(bad, capsys):
         run_cli("reproduce", "--preset", "smoke", "--set", bad)
     assert exit_info.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_rebase_links(tmp_path):
+    from common.cli import rebase_links
+
+    md = "![fig](figures/a.png) [doc](https://x.org/a) [top](#results) ![abs](/abs.png)"
+    out = rebase_links(md, tmp_path / "results" / "darex" / "smoke", tmp_path / "darex")
+    assert out == "![fig](../results/darex/smoke/figures/a.png) [doc](https://x.org/a) [top](#results) ![abs](/abs.png)"

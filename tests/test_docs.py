@@ -52,8 +52,8 @@ def test_make_help_lists_every_reproduce_target():
 def test_generated_results_block_matches_saved_records(paper, tmp_path):
     """What a card shows is what `make report` renders from results/ now (no stale or hand-typed numbers)."""
     saved = REPO_ROOT / "results" / paper
-    if saved.exists():
-        shutil.copytree(saved, tmp_path / paper)  # render from a copy: tests never write into the repo
+    if saved.exists():  # render from a copy laid out like the repo: tests never write into it
+        shutil.copytree(saved, tmp_path / "results" / paper)
     module = importlib.import_module(f"{paper}.reproduce")
-    expected = report_all(paper, tmp_path, module.report, readme=None)
+    expected = report_all(paper, tmp_path / "results", module.report, readme=None, link_base=tmp_path / paper)
     assert read_block((REPO_ROOT / paper / "README.md").read_text(), "results") == expected.strip()
