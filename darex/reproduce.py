@@ -13,8 +13,8 @@ from torch import nn
 from common.cli import NotImplementedYet, RunContext, default_report
 from common.config import to_dict
 from common.counting import count_params
-from common.results import RunRecord
 from common.plotting import method_color, plt, savefig, style
+from common.results import RunRecord
 from common.runtime import generator, progress, seed_everything
 
 from .config import DarexConfig, SyntheticConfig
@@ -165,13 +165,14 @@ def plot_rescaling_curves(record: RunRecord, path: Path) -> Path:
             inv_q = [1.0 / q for q in curve["q"]]
             acc = torch.tensor(curve["accuracy"])
             mean, std = acc.mean(0), acc.std(0) if len(acc) > 1 else torch.zeros(acc.shape[1])
-            ax.plot(inv_q, mean, marker="o", color=method_color("DAREx-q"), label="DARE mask rescaled by 1/q")
-            ax.fill_between(inv_q, mean - std, mean + std, color=method_color("DAREx-q"), alpha=0.2)
+            ax.plot(inv_q, mean, marker="o", color=method_color("ours"), label="DARE mask rescaled by 1/q")
+            ax.fill_between(inv_q, mean - std, mean + std, color=method_color("ours"), alpha=0.2)
             ax.axvline(1.0 / (1.0 - float(p)), color=method_color("DARE"), linestyle=":", label="DARE: 1/(1-p)")
             for name, style_ in (("fine-tuned (unpruned)", "--"), ("pre-trained (no delta)", "-.")):
                 ax.axhline(reference[name], color=method_color("dense"), linestyle=style_, linewidth=1, label=name)
             ax.set(xscale="log", xlabel="rescaling factor 1/q", ylabel="validation accuracy (%)", title=f"p = {p}")
-        axes[0][0].legend(loc="lower left")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="upper center", ncol=4, bbox_to_anchor=(0.5, 0.0))
         return savefig(fig, path)
 
 
