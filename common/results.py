@@ -22,7 +22,6 @@ import math
 import platform
 import re
 import subprocess
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,7 +254,6 @@ def provenance(*, device: str, device_name: str, threads: int, extra_packages: I
         "threads": threads,
         "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": None,
-        "argv": sys.argv,
     }
 
 

@@ -57,3 +57,9 @@ def test_generated_results_block_matches_saved_records(paper, tmp_path):
     module = importlib.import_module(f"{paper}.reproduce")
     expected = report_all(paper, tmp_path / "results", module.report, readme=None, link_base=tmp_path / paper)
     assert read_block((REPO_ROOT / paper / "README.md").read_text(), "results") == expected.strip()
+
+
+def test_committed_records_name_no_local_paths():
+    for path in (REPO_ROOT / "results").rglob("*"):
+        if path.suffix in (".json", ".md", ".csv"):
+            assert str(REPO_ROOT) not in path.read_text(), f"{path} names a folder of this machine"

@@ -114,3 +114,11 @@ def test_update_readme_block_reports_change(tmp_path):
     assert results.update_readme_block(readme, "results", "table") is True
     assert results.update_readme_block(readme, "results", "table") is False
     assert "table" in readme.read_text()
+
+
+def test_provenance_holds_no_local_paths():
+    """Records are committed: nothing in them may name this machine's folders."""
+    from common.runtime import REPO_ROOT
+
+    text = json.dumps(results.provenance(device="cpu", device_name="x", threads=1))
+    assert str(REPO_ROOT) not in text and "/home/" not in text
