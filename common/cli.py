@@ -91,6 +91,18 @@ class RunContext:
 
 
 RunFn = Callable[[Any, RunContext], RunRecord]
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """An extra sub-command of a paper's CLI (e.g. ``python -m darex prune``): its help, its arguments
+    (``configure(parser)`` adds them) and ``handler(args) -> exit code``."""
+
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
 ReportFn = Callable[[RunRecord, Path], str]
 """``report(record, out_dir) -> Markdown``; links in it (figures) are relative to ``out_dir``."""
 
@@ -169,7 +181,9 @@ def report_all(
     return content
 
 
-def _build_parser(paper: str, presets: Mapping[str, Preset], description: str) -> argparse.ArgumentParser:
+def _build_parser(
+    paper: str, presets: Mapping[str, Preset], description: str, commands: Mapping[str, Command]
+) -> argparse.ArgumentParser:
     preset_lines = "\n".join(
         f"  {name:<6} {(fn.__doc__ or '').strip().splitlines()[0]}" for name, fn in presets.items()
     )
@@ -203,6 +217,10 @@ def _build_parser(paper: str, presets: Mapping[str, Preset], description: str) -
 
     pre = sub.add_parser("presets", help="list the presets, or show every field of one with its help")
     pre.add_argument("name", nargs="?", choices=list(presets), help="show this preset's fields")
+
+    for name, command in commands.items():
+        extra = sub.add_parser(name, help=command.help, description=command.help)
+        command.configure(extra)
     return parser
 
 
@@ -226,12 +244,20 @@ def main(
     run: RunFn,
     report: ReportFn = default_report,
     description: str = "",
+    commands: Mapping[str, Command] | None = None,
     argv: list[str] | None = None,
 ) -> int:
     """Parse ``argv`` and run the sub-command; returns the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    parser = _build_parser(paper, presets, description or (importlib.import_module(paper).__doc__ or "").strip())
+    commands = dict(commands or {})
+    parser = _build_parser(
+        paper, presets, description or (importlib.import_module(paper).__doc__ or "").strip(), commands
+    )
     args = parser.parse_args(argv)
+
+    if args.command in commands:
+        runtime.enable_offline_mode()
+        return commands[args.command].handler(args)
 
     if args.command == "presets":
         _print_presets(presets, args.name)

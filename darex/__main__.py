@@ -1,8 +1,11 @@
-"""``python -m darex {reproduce,report,presets}``; ``--help`` explains each."""
+"""``python -m darex {reproduce,report,presets,prune}``; ``--help`` explains each."""
 
 from common.cli import main
 
-from . import config, reproduce
+from . import config, prune_cli, reproduce
 
 if __name__ == "__main__":
-    raise SystemExit(main("darex", presets=config.PRESETS, run=reproduce.run, report=reproduce.report))
+    commands = {"prune": prune_cli.COMMAND}
+    raise SystemExit(
+        main("darex", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, commands=commands)
+    )

