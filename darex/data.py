@@ -175,14 +175,19 @@ def batches(
         yield _collate(data, chunk, pad_id)
 
 
-def packed_windows(tokenizer, texts: Sequence[str], window: int, n_windows: int) -> torch.Tensor:
+def packed_windows(
+    tokenizer, texts: Sequence[str], window: int, n_windows: int, *, fewer_ok: bool = False
+) -> torch.Tensor:
     """``n_windows`` windows of ``window`` token ids cut from the concatenated texts (no padding), for
-    calibration statistics that must not count padding, as the official calibration does."""
+    calibration statistics that must not count padding, as the official calibration does. With
+    ``fewer_ok`` short inputs give as many whole windows as they hold (at least one)."""
     ids: list[int] = []
     for text in texts:
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         if len(ids) >= window * n_windows:
             break
+    if fewer_ok and len(ids) >= window:
+        n_windows = min(n_windows, len(ids) // window)
     if len(ids) < window * n_windows:
         raise ValueError(f"calibration texts give {len(ids)} tokens, need {window * n_windows}")
     return torch.tensor(ids[: window * n_windows]).view(n_windows, window)

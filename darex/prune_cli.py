@@ -109,7 +109,7 @@ def handle(args: argparse.Namespace) -> int:
 
     def stats():
         texts = [e.text for e in read_labelled_file(args.val)]
-        windows = packed_windows(tokenizer, texts, min(args.max_length, 64), 16)
+        windows = packed_windows(tokenizer, texts, min(args.max_length, 64), 16, fewer_ok=True)
         return collect_input_statistics(probe, lambda m: m(input_ids=windows.to(device)), names=deltas)
 
     gen = lambda: generator(args.seed)  # noqa: E731
