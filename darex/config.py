@@ -18,6 +18,33 @@ TINY_BERT = "tiny-bert"
 """A 2-layer BERT built from a config with random weights (the smoke preset's 'pre-trained' model)."""
 
 
+TINY_LLAMA = "tiny-llama"
+"""A 2-layer Llama built from a config (random 'base', perturbed 'fine-tuned'): the decoder path's test model."""
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """A causal LM pair and GSM8K from local files (experiment='decoder'; the paper's Table 3 setting)."""
+
+    base_path: str = param("", "pre-trained causal LM directory (e.g. Llama-2-7b-hf); 'tiny-llama' for tests")
+    finetuned_path: str = param("", "fine-tuned causal LM directory (e.g. MetaMath-7B); 'tiny-llama' for tests")
+    val_file: str = param("", "GSM8K train JSONL (question/answer): its first n_val items choose q (official)")
+    test_file: str = param("", "GSM8K test JSONL (question/answer) to report on")
+    n_val: int = param(100, "validation questions for the labelled choice of q (official: first 100 of train)")
+    n_test: int = param(0, "test questions (0 = all 1,319)")
+    include: str = param(r"(mlp|self_attn)\.", "regex of the delta tensors (official decoder rule); others keep θ_F")
+    prompt: Literal["alpaca", "plain"] = param("alpaca", "alpaca: MetaMath's prompt with 'Let's think step by step'")
+    answer_marker: str = param("The answer is:", "text before the final answer (MetaMath; Abel: '####')")
+    max_new_tokens: int = param(800, "greedy generation length (official: 800)")
+    batch_size: int = param(16, "prompts per generate call")
+    dtype: Literal["float32", "float16", "bfloat16"] = param("bfloat16", "weights' dtype (deltas are kept in fp32)")
+    proxy_items: int = param(200, "GSM8K-train items whose text feeds the label-free objective")
+    proxy_windows: int = param(100, "packed token windows of the label-free objective (official: 100)")
+    proxy_window: int = param(256, "tokens per window (official: 256)")
+    top_k: int = param(5, "the label-free objective compares the fine-tuned model's top-k logits (official: 5)")
+    mask_seeds: tuple[int, ...] = param((0,), "mask seeds scored on the test set (official decoder runs: seed 0)")
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """The synthetic pre-train / fine-tune pair of notes §4.2 (an MLP on teacher-labelled Gaussians)."""
@@ -98,8 +125,10 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class DarexConfig:
-    experiment: Literal["text", "synthetic"] = param(
-        "text", "text: an encoder fine-tuned on a text task (mini, paper); synthetic: the MLP toy of notes §4.2"
+    experiment: Literal["text", "synthetic", "decoder"] = param(
+        "text",
+        "text: an encoder fine-tuned on a text task (mini, paper); synthetic: the MLP toy of notes §4.2; "
+        "decoder: a causal LM pair on GSM8K (paper preset, global q)",
     )
     seeds: tuple[int, ...] = param((0,), "fine-tuning seeds (one fine-tuned model per seed and setting)")
     exclude: str = param(
@@ -109,6 +138,7 @@ class DarexConfig:
     finetune: FinetuneConfig = param(FinetuneConfig(), "fine-tuning runs")
     prune: PruneConfig = param(PruneConfig(), "pruning rates, masks and the searches for q")
     synthetic: SyntheticConfig = param(SyntheticConfig(), "the synthetic experiment (experiment='synthetic')")
+    decoder: DecoderConfig = param(DecoderConfig(), "the decoder experiment (experiment='decoder')")
 
 
 def smoke() -> DarexConfig:
@@ -161,6 +191,10 @@ def paper() -> DarexConfig:
     Time: about an hour per task (SST-2's 10 epochs dominate). Targets Tables 1-2 (whose numbers could
     not be read, see paper.py). Recipe: batch 16, lr 1e-5, 10 epochs, warm-up 6%, weight decay 0.01,
     max length 128; validation = 10% of GLUE train, test = GLUE dev.
+
+    Decoder (Table 3 setting; global q): ``--set experiment=decoder --set decoder.base_path=/models/Llama-2-7b-hf
+    --set decoder.finetuned_path=/models/MetaMath-7B-V1.0 --set decoder.val_file=/gsm8k/train.jsonl
+    --set decoder.test_file=/gsm8k/test.jsonl``. Hardware: one 80 GB GPU for a 7B pair.
     """
     return DarexConfig(
         exclude=r"(^|\.)(classifier|head|lm_head|score)(\.|$)",  # the official encoder run: every non-head tensor

@@ -81,9 +81,11 @@ def group_split(examples: Sequence[Example], sizes: dict[str, int], seed: int) -
 def read_labelled_file(path: str | Path) -> list[Example]:
     """Examples from a CSV/TSV (with a header) or JSON-lines file.
 
-    The text column is the first of ``text``, ``sentence``, ``sentence1``; an optional second text is
-    ``text_b`` or ``sentence2`` (sentence-pair tasks such as MRPC and STS-B); the label column is ``label``
-    (an integer class, or a float for regression). GLUE's TSV files have these headers.
+    The text column is the first of ``text``, ``sentence``, ``sentence1``, ``#1 String``; an optional second
+    text is ``text_b``, ``sentence2`` or ``#2 String`` (sentence-pair tasks such as MRPC and STS-B); the label
+    column is the first of ``label``, ``Quality``, ``score`` (an integer class, or a float for regression).
+    Hugging Face's GLUE exports (``to_csv``/``to_json``) and the raw GLUE TSVs of SST-2, MRPC and STS-B have
+    these headers; raw CoLA has no header, so give it one (``label`` and ``sentence`` columns).
     """
     path = Path(path)
     if not path.is_file():
@@ -96,17 +98,19 @@ def read_labelled_file(path: str | Path) -> list[Example]:
     if not rows:
         raise ValueError(f"{path} holds no rows")
     keys = rows[0].keys()
-    text_key = next((k for k in ("text", "sentence", "sentence1") if k in keys), None)
-    if text_key is None or "label" not in keys:
+    text_key = next((k for k in ("text", "sentence", "sentence1", "#1 String") if k in keys), None)
+    label_key = next((k for k in ("label", "Quality", "score") if k in keys), None)
+    if text_key is None or label_key is None:
         raise ValueError(f"{path}: need a text column (text/sentence/sentence1) and a label column, got {list(keys)}")
-    pair_key = next((k for k in ("text_b", "sentence2") if k in keys), None)
+    pair_key = next((k for k in ("text_b", "sentence2", "#2 String") if k in keys), None)
 
     def parse_label(value):
         number = float(value)
         return int(number) if number.is_integer() and "." not in str(value) else number
 
     return [
-        Example(text=r[text_key], label=parse_label(r["label"]), text_b=r[pair_key] if pair_key else None) for r in rows
+        Example(text=r[text_key], label=parse_label(r[label_key]), text_b=r[pair_key] if pair_key else None)
+        for r in rows
     ]
 
 

@@ -159,7 +159,9 @@ def dare(
         q_here = q.get(name, 1.0 - p) if isinstance(q, Mapping) else (1.0 - p if q is None else q)
         if not (1.0 - p) * (1 - 1e-9) <= q_here <= 1.0:
             raise ValueError(f"q must lie in [1 - p, 1] = [{1 - p:.6g}, 1], got {q_here} for {name}")
-        keep = torch.rand(delta.shape, generator=generator, device=delta.device) >= p
+        # Drawn on the generator's device (CPU by default), so a seed gives the same mask on any device.
+        draw = torch.rand(delta.shape, generator=generator, device=generator.device if generator else delta.device)
+        keep = draw.to(delta.device) >= p
         pruned[name] = torch.where(keep, delta / q_here, torch.zeros_like(delta))
     return pruned
 

@@ -1,0 +1,61 @@
+"""The `paper` preset's code paths (labelled files, ten-epoch schedule, no frozen tensors) at tiny scale."""
+
+from __future__ import annotations
+
+import csv
+import random
+
+import pytest
+
+from common.results import load_record
+from tests.test_cli import run_cli
+
+WORDS = {1: ["great", "moving", "superb", "warm"], 0: ["dull", "flat", "tedious", "cold"]}
+
+
+def _write(path, n, seed, regression=False):
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["sentence1", "sentence2", "label"] if regression else ["sentence", "label"])
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            text = " ".join(rng.choice(WORDS[label]) for _ in range(6))
+            if regression:
+                writer.writerow([text, " ".join(rng.choice(WORDS[1]) for _ in range(4)), f"{label * 4 + 0.5:.1f}"])
+            else:
+                writer.writerow([text, label])
+
+
+@pytest.mark.parametrize("task", ["sst2", "stsb"])
+def test_paper_preset_on_tiny_files(tmp_path, task):
+    regression = task == "stsb"
+    for seed, (split, n) in enumerate((("train", 24), ("val", 16), ("test", 16))):
+        _write(tmp_path / f"{split}.tsv", n, seed=seed, regression=regression)
+    overrides = {
+        "text.model_path": "tiny-bert", "text.train_file": str(tmp_path / "train.tsv"),
+        "text.val_file": str(tmp_path / "val.tsv"), "text.test_file": str(tmp_path / "test.tsv"),
+        "text.calibration_windows": "2", "text.window": "16", "text.max_length": "16", "text.n_unlabelled": "8",
+        "finetune.batch_size": "8", "finetune.adamr_lambdas": "(0.5,)", "prune.rates": "(0.9,)",
+        "prune.mask_seeds": "(0, 1)", "prune.coarse": "3", "prune.fine": "1", "prune.etas": "(0.5,)",
+        "prune.figure_rate": "0.9", "prune.figure_points": "3", "prune.large_delta_rates": "(0.5,)",
+    }  # fmt: skip
+    if regression:
+        overrides |= {"text.metric": "pearson_spearman", "text.num_labels": "1"}
+    args = [a for key, value in overrides.items() for a in ("--set", f"{key}={value}")]
+    out = tmp_path / "results"
+    assert run_cli("reproduce", "--preset", "paper", "--no-readme", "--results-dir", str(out), *args) == 0
+    record = load_record(out / "darex" / "paper" / "record.json")
+    assert record.config["text"]["task"] == "files" and record.config["finetune"]["steps"] == 0
+    metric = "pearson_spearman" if regression else "accuracy"
+    ft = record.get("Unpruned references", "fine-tuned (unpruned)", metric)
+    assert len(ft.values) == 1
+    table = record.tables()["Table 1 analogue: task metric after delta-parameter pruning"]
+    assert any(m.setting.startswith("DAREx-q") for m in table)
+    assert (out / "darex" / "paper" / "results.md").is_file()
+
+
+def test_paper_preset_without_files_says_what_is_missing(tmp_path):
+    with pytest.raises(ValueError, match=r"text\.train_file"):
+        run_cli("reproduce", "--preset", "paper", "--no-readme", "--results-dir", str(tmp_path),
+                "--set", "text.model_path=tiny-bert")  # fmt: skip
