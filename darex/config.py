@@ -105,7 +105,7 @@ class FinetuneConfig:
     freeze: str = param("embeddings", "parameters whose name contains this are frozen (and are not deltas)")
     large_delta_lr: float = param(2.5e-4, "learning rate of the large-delta fine-tune (larger delta mean/variance)")
     adamr_lambdas: tuple[float, ...] = param(
-        (0.3, 1.0), "AdamR-L2 strengths λ of the DAREx-L2 fine-tunes (per-step pull λ·lr/s, s ≈ 4e-4 here)"
+        (0.1, 0.3), "AdamR-L2 strengths λ of the DAREx-L2 fine-tunes (per-step pull λ·lr/s, s ≈ 4e-4 here)"
     )
 
 
@@ -119,7 +119,9 @@ class PruneConfig:
     etas: tuple[float, ...] = param((0.2, 0.5, 0.8, 1.1), "η grid of the analytical per-layer q")
     figure_rate: float = param(0.99, "rate of the Fig. 1 analogue (accuracy vs rescaling factor)")
     figure_points: int = param(10, "grid points of the Fig. 1 analogue")
-    large_delta_rates: tuple[float, ...] = param((0.5, 0.9), "rates of the large-delta comparison")
+    large_delta_rates: tuple[float, ...] = param(
+        (0.5, 0.9, 0.99), "rates of the large-delta comparison (those below figure_rate are the 'moderate' ones)"
+    )
     q_grid_points: int = param(9, "synthetic experiment: grid size of its labelled global-q search")
 
 
@@ -166,7 +168,7 @@ def smoke() -> DarexConfig:
             fine=1,
             etas=(0.5, 1.0),
             figure_points=4,
-            large_delta_rates=(0.5,),
+            large_delta_rates=(0.5, 0.99),
         ),
     )
 
