@@ -170,11 +170,10 @@ class DecoderBench:
         names = [n for n in finetuned_state if include.search(n) and n.endswith("weight")]
         if not names:
             raise ValueError(f"decoder.include={dc.include!r} matches no weight of {dc.finetuned_path}")
-        keep = {n: base.state_dict()[n] for n in names}
-        self.deltas = delta_parameters(keep, {n: finetuned_state[n] for n in names}, exclude=None)
-        self.deltas = {n: d.to(device) for n, d in self.deltas.items()}
-        self.base = {n: w.to(device) for n, w in keep.items()}
-        del base
+        base_state = base.state_dict()
+        self.base = {n: base_state[n].to(device) for n in names}  # θ_P of the delta tensors, on the device
+        del base, base_state
+        self.deltas = delta_parameters(self.base, {n: finetuned_state[n] for n in names}, exclude=None)
         self.windows = None
         self.reference = None
 
