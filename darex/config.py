@@ -119,6 +119,11 @@ class PruneConfig:
     etas: tuple[float, ...] = param((0.2, 0.5, 0.8, 1.1), "η grid of the analytical per-layer q")
     figure_rate: float = param(0.99, "rate of the Fig. 1 analogue (accuracy vs rescaling factor)")
     figure_points: int = param(10, "grid points of the Fig. 1 analogue")
+    optimise_rates: tuple[float, ...] = param(
+        (0.99,), "rates at which per-layer q is also learned by optimisation (costs a short training per rate)"
+    )
+    optimise_steps: int = param(100, "AdamW steps of the per-layer q optimisation (official: 200, early-stopped)")
+    optimise_batch: int = param(8, "unlabelled sentences per optimisation step (official: 8)")
     large_delta_rates: tuple[float, ...] = param(
         (0.5, 0.9, 0.99), "rates of the large-delta comparison (those below figure_rate are the 'moderate' ones)"
     )
@@ -169,6 +174,7 @@ def smoke() -> DarexConfig:
             etas=(0.5, 1.0),
             figure_points=4,
             large_delta_rates=(0.5, 0.99),
+            optimise_steps=10,
         ),
     )
 
@@ -215,7 +221,9 @@ def paper() -> DarexConfig:
         finetune=FinetuneConfig(
             lr=1e-5, steps=0, batch_size=16, freeze="", large_delta_lr=1e-4, adamr_lambdas=(0.5, 2.0)
         ),
-        prune=PruneConfig(mask_seeds=(0, 1, 2, 3), coarse=10, fine=5, etas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.1)),
+        prune=PruneConfig(
+            mask_seeds=(0, 1, 2, 3), coarse=10, fine=5, etas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.1), optimise_steps=200
+        ),
     )
 
 

@@ -436,3 +436,74 @@ def head_inputs(model: nn.Module, head: nn.Module, run: Callable[[nn.Module], ob
 def output_change(reference: torch.Tensor, pruned: torch.Tensor) -> float:
     """Mean absolute change of the last-layer representation: the label-free proxy for choosing q."""
     return (reference - pruned).abs().mean().item()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-layer q by optimisation (DAREx §4, the official perlayer_opt.py's idea, re-derived from the notes)
+
+
+def layer_of(name: str) -> str:
+    """The module a delta tensor belongs to (``encoder.layer.0.attention.self.query.weight`` → ``...query``)."""
+    return name.rsplit(".", 1)[0]
+
+
+def optimise_layer_q(
+    model: nn.Module,
+    pretrained: StateDict,
+    masked: Mapping[str, torch.Tensor],
+    p: float,
+    loss: Callable[[nn.Module, Mapping[str, torch.Tensor], int], torch.Tensor],
+    steps: int = 200,
+    lr: float = 1e-2,
+    init: float = 1e-4,
+    eval_every: int = 10,
+    patience: int = 5,
+    val_loss: Callable[[nn.Module, Mapping[str, torch.Tensor]], float] | None = None,
+) -> dict[str, float]:
+    """Learn one q per layer so the pruned model's outputs match the fine-tuned model's (no labels).
+
+    Each layer's kept deltas ``masked`` (DARE's mask applied, *not* rescaled) enter the weights as
+    θ_P + m⊙Δ / q_l with q_l = min(|c_l| + (1 − p), 1); only the scalars c_l (initialised to ``init``,
+    i.e. DARE's q = 1 − p) are trained, by AdamW with a cosine schedule, as in the official per-layer
+    optimisation (lr 1e-2, 200 steps). ``loss(model, params, step)`` runs ``model`` with the given
+    parameters (``torch.func.functional_call``) and returns the differentiable mismatch to the fine-tuned
+    outputs for batch ``step``; ``val_loss(model, params)``, if given, is checked every ``eval_every``
+    steps and training stops after ``patience`` checks without improvement, keeping the best q's.
+    Returns q per delta tensor name (tensors of one layer share it), ready for :func:`dare` with the same mask.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"pruning rate p must be in [0, 1), got {p}")
+    layers = sorted({layer_of(n) for n in masked})
+    device = next(iter(masked.values())).device
+    c = torch.full((len(layers),), float(init), device=device, requires_grad=True)
+    index = {name: layers.index(layer_of(name)) for name in masked}
+    base = {n: pretrained[n].to(device).float() for n in masked}
+
+    def q_values() -> torch.Tensor:
+        return torch.clamp(c.abs() + (1.0 - p), max=1.0)
+
+    def params() -> dict[str, torch.Tensor]:
+        q = q_values()
+        return {n: base[n] + masked[n].float() / q[index[n]] for n in masked}
+
+    optimiser = torch.optim.AdamW([c], lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(steps, 1))
+    best_q, best_val, since_best = q_values().detach().clone(), math.inf, 0
+    for step in range(steps):
+        optimiser.zero_grad(set_to_none=True)
+        value = loss(model, params(), step)
+        value.backward()
+        optimiser.step()
+        schedule.step()
+        if val_loss is not None and (step + 1) % eval_every == 0:
+            with torch.no_grad():
+                current = float(val_loss(model, params()))
+            if current < best_val:
+                best_val, best_q, since_best = current, q_values().detach().clone(), 0
+            else:
+                since_best += 1
+                if since_best >= patience:
+                    break
+    if val_loss is None:
+        best_q = q_values().detach()
+    return {n: float(best_q[index[n]]) for n in masked}

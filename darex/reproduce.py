@@ -41,6 +41,7 @@ from .method import (
     head_inputs,
     kept_fraction,
     magnitude_prune,
+    optimise_layer_q,
     output_change,
     q_grid,
     wanda_prune,
@@ -59,6 +60,7 @@ METHODS = {
     "darex_q_labelled": "DAREx-q, global q on labelled validation",
     "darex_q_unlabelled": "DAREx-q, global q by output change (no labels)",
     "darex_q_analytical": "DAREx-q, per-layer analytical q (η by output change)",
+    "darex_q_optimised": "DAREx-q, per-layer q by optimisation (no labels)",
     "magnitude": "Magnitude on deltas",
     "wanda": "WANDA on deltas",
 }
@@ -69,10 +71,11 @@ COLORS = {
     "darex_q_labelled": method_color("ours"),
     "darex_q_unlabelled": "#ff9896",
     "darex_q_analytical": "#8c1a1b",
+    "darex_q_optimised": "#e7969c",
     "magnitude": method_color("magnitude"),
     "wanda": "#17becf",
 }
-RANDOM_METHODS = ("dare", "darex_q_labelled", "darex_q_unlabelled", "darex_q_analytical")
+RANDOM_METHODS = ("dare", "darex_q_labelled", "darex_q_unlabelled", "darex_q_analytical", "darex_q_optimised")
 MAIN_TABLE = "Table 1 analogue: task metric after delta-parameter pruning"
 REFERENCE_TABLE = "Unpruned references"
 Q_TABLE = "Chosen rescaling factors"
@@ -214,6 +217,41 @@ class Bench:
         self.load(pruned)
         return output_change(self.reference, self._representation())
 
+    def optimised_q(self, p: float, mask_seed: int, steps: int, batch_size: int) -> dict[str, float]:
+        """Per-layer q learned so the head's input matches the unpruned model's on unlabelled sentences
+        (the last quarter of them decides early stopping)."""
+        from torch.func import functional_call
+
+        masked = dare(self.deltas, p, 1.0, generator(mask_seed))  # DARE's mask, not rescaled
+        device = next(self.probe.parameters()).device
+        inputs = {k: v.to(device) for k, v in self.task.unlabelled.items()}
+        n = len(next(iter(inputs.values())))
+        n_val = max(1, n // 4)
+        captured: list[torch.Tensor] = []
+        handle = self.head.register_forward_hook(lambda m, args, out: captured.append(args[0]))
+
+        def head_input(model, params, rows) -> torch.Tensor:
+            captured.clear()
+            functional_call(model, params, args=(), kwargs={k: v[rows] for k, v in inputs.items()})
+            return captured[0].reshape(len(rows), -1).float()
+
+        def loss(model, params, step) -> torch.Tensor:
+            start = (step * batch_size) % (n - n_val)
+            rows = torch.arange(start, min(start + batch_size, n - n_val))
+            return torch.mean((head_input(model, params, rows) - reference[rows]) ** 2)
+
+        def val_loss(model, params) -> float:
+            rows = torch.arange(n - n_val, n)
+            return torch.mean((head_input(model, params, rows) - reference[rows]) ** 2)
+
+        try:
+            self.load(self.deltas)
+            with torch.no_grad():  # the unpruned model's head input, one row per sentence
+                reference = head_input(self.probe, {}, torch.arange(n))
+            return optimise_layer_q(self.probe, self.pre_state, masked, p, loss, steps=steps, val_loss=val_loss)
+        finally:
+            handle.remove()
+
 
 @dataclass
 class RateResult:
@@ -249,6 +287,8 @@ def prune_at_rate(
         candidates = {e: analytical_layer_q(d, means, p, e) for e in pc.etas}
         eta = min(candidates, key=lambda e: bench.change(dare_with(candidates[e])))
         q_for["darex_q_analytical"] = candidates[eta]
+    if "darex_q_optimised" in methods and p in pc.optimise_rates:
+        q_for["darex_q_optimised"] = bench.optimised_q(p, probe_seed, pc.optimise_steps, pc.optimise_batch)
     for method, q in q_for.items():
         if isinstance(q, dict):
             inv_q[method] = sum(1.0 / v for v in q.values()) / len(q)

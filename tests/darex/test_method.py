@@ -279,3 +279,47 @@ def test_vectorised_scan_equals_the_sequential_loop(p, scale):
     torch.manual_seed(3)
     c = scale * (torch.randn(40, 24) + 0.2)
     torch.testing.assert_close(analytical_row_q(c, p, eta=0.6), sequential_row_q(c, p, eta=0.6), atol=1e-6, rtol=0)
+
+
+def test_optimised_layer_q_reduces_the_output_mismatch_and_stays_in_range():
+    from torch.func import functional_call
+
+    from darex.method import optimise_layer_q
+
+    torch.manual_seed(0)
+    pre = MLP(16, 64, 2, 3)
+    ft = copy.deepcopy(pre)
+    with torch.no_grad():
+        for p_ft in ft.parameters():
+            p_ft.add_(0.05 * torch.randn_like(p_ft) + 0.02)  # deltas with a mean: DARE's 1/(1-p) overshoots
+    deltas = delta_parameters(pre, ft)  # the head is excluded
+    p = 0.95
+    masked = dare(deltas, p, 1.0, generator(0))
+    x = torch.randn(256, 16)
+    with torch.no_grad():
+        target = ft(x)
+
+    def mismatch(model, params, rows=slice(None)) -> torch.Tensor:
+        return torch.mean((functional_call(model, params, (x[rows],)) - target[rows]) ** 2)
+
+    def loss(model, params, step):
+        return mismatch(model, params, slice((step % 4) * 48, (step % 4 + 1) * 48))
+
+    def val(model, params):
+        return float(mismatch(model, params, slice(192, 256)))
+
+    pre_state = pre.state_dict()
+    q = optimise_layer_q(ft, pre_state, masked, p, loss, steps=150, val_loss=val, patience=20)
+    assert q.keys() == deltas.keys()
+    assert all(1 - p - 1e-6 <= v <= 1.0 for v in q.values())
+    for name in q:  # a layer's weight and bias share one q
+        assert q[name] == q[name.rsplit(".", 1)[0] + ".weight"]
+
+    def params_for(q_of):
+        return {n: pre_state[n] + masked[n] / q_of(n) for n in masked}
+
+    with torch.no_grad():
+        dare_mismatch = val(ft, params_for(lambda n: 1 - p))
+        learned_mismatch = val(ft, params_for(lambda n: q[n]))
+    assert learned_mismatch < 0.8 * dare_mismatch
+    assert torch.equal(dare(deltas, p, q, generator(0))["body.0.weight"] != 0, masked["body.0.weight"] != 0)
