@@ -46,6 +46,9 @@ class DataConfig:
         "+ flip; imagenet RandomResizedCrop 224 + flip (val: resize 256, centre crop 224)",
     )
     workers: int = param(0, "data-loader worker processes (0 = load in the main process)")
+    image_size: int = param(
+        0, "fashion_mnist only: resize the 28x28 images to this size by area averaging (CPU budget); 0 = native 28"
+    )
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,8 @@ class PruneConfig:
     bn_recalibration_images: int = param(
         0, "also report accuracy after re-estimating BN statistics on this many training images; 0 = off"
     )
+    latency_batch: int = param(128, "batch size at which the pruned model's speedup over the dense one is timed")
+    latency_rounds: int = param(20, "interleaved timing rounds (common.latency.compare_latency)")
 
 
 @dataclass(frozen=True)
@@ -228,36 +233,37 @@ def smoke() -> MaskSparsityConfig:
 
 
 def mini() -> MaskSparsityConfig:
-    """The default of ``make reproduce-masksparsity``: ResNet-20 (width 8) on 3k Fashion-MNIST images.
+    """The default of ``make reproduce-masksparsity``: ResNet-20 (width 8) on 3k Fashion-MNIST images at 14x14.
 
-    Arms: baseline; Network Slimming at λ in {1e-2, 2e-2, 5e-2}; MaskSparsity (λ 5e-2); a no-regularization
-    control. Per seed one mask per operating point (global smallest |γ| of the Network Slimming run at
-    λ 5e-2, inner channels of the basic blocks), shared by every pruned arm; operating points 50 % and 63 %
-    FLOPs reduction (the abstract's ResNet-50 and ResNet-110 points). λ is scaled up from the paper's 5e-4
-    because the L1 drift of γ grows with steps x lr x λ: ~190 steps here vs ~500k in the paper (notes §5.7).
-    Command: ``make reproduce-masksparsity``. Hardware: 2-core CPU. Time: about 12 min for 3 seeds (an
-    estimate, not a measurement: ~240k training images per seed at the pilot's ~700 images per CPU-second).
-    Targets: the paper's qualitative claims (NS under-fits, MaskSparsity does not; MaskSparsity is more
-    accurate at equal FLOPs; smaller drop right after pruning); the abstract's operating points.
+    Arms: baseline pruned directly; Network Slimming at λ in {1e-2, 2e-2}; MaskSparsity (λ 2e-2); a
+    no-regularization control. Per seed one mask per operating point (global smallest |γ| of the Network
+    Slimming run at λ 2e-2, inner channels of the basic blocks), shared by every pruned arm; operating points
+    50 % and 63 % FLOPs reduction (the abstract's ResNet-50 and ResNet-110 points). λ is scaled up from the
+    paper's 5e-4 because the L1 drift of γ grows with steps x lr x λ: ~190 steps here vs ~500k in the paper
+    (notes §5.7). Images are area-downsampled to 14x14 to fit three seeds in the CPU budget.
+    Command: ``make reproduce-masksparsity``. Hardware: 2-core CPU. Time: about 10 min for 3 seeds on a
+    loaded 2-core machine (the measured wall time is in the record). Targets: the paper's qualitative
+    claims (NS under-fits, MaskSparsity does not; MaskSparsity is at least as accurate at equal FLOPs;
+    smaller drop right after pruning; no loss at 63 % FLOPs removed); the abstract's operating points.
     """
-    lambdas = (1e-2, 2e-2, 5e-2)
+    lambdas = (1e-2, 2e-2)
     cosine = {"batch_size": 128, "lr_schedule": "cosine", "lr_steps": ()}
     return MaskSparsityConfig(
         seeds=(0, 1, 2),
-        data=DataConfig(train_subset=3000, test_subset=2000, train_eval_subset=1000),
+        data=DataConfig(train_subset=3000, test_subset=2000, train_eval_subset=1000, image_size=14),
         model=ModelConfig(arch="resnet20", width=8),
         train=Schedule(epochs=10, lr=0.1, **cosine),
         sparsity=SparsityConfig(
             schedule=Schedule(epochs=8, lr=0.1, **cosine),
             slimming_lambdas=lambdas,
-            masksparsity_lambda=5e-2,
-            mask_lambda=5e-2,
+            masksparsity_lambda=2e-2,
+            mask_lambda=2e-2,
             mask_rule="flops_target",
             flops_reductions=(0.50, 0.63),
         ),
         prune=PruneConfig(rule="mask", residual_groups=False, fold_beta=True, bn_recalibration_images=1000),
-        finetune=Schedule(epochs=4, lr=0.05, **cosine),
-        arms=ArmsConfig(no_regularization=True),
+        finetune=Schedule(epochs=3, lr=0.05, **cosine),
+        arms=ArmsConfig(no_regularization=True, direct_prune=True),
     )
 
 
