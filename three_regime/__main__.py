@@ -1,8 +1,10 @@
-"""``python -m three_regime {reproduce,report,presets}``; ``--help`` explains each."""
+"""``python -m three_regime {reproduce,report,presets,grid,merge}``; ``--help`` explains each."""
 
 from common.cli import main
 
-from . import config, reproduce
+from . import cli, config, reproduce
 
 if __name__ == "__main__":
-    raise SystemExit(main("three_regime", presets=config.PRESETS, run=reproduce.run, report=reproduce.report))
+    raise SystemExit(
+        main("three_regime", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, commands=cli.COMMANDS)
+    )

@@ -186,9 +186,9 @@ class GridConfig:
 
 @dataclass(frozen=True)
 class ShardConfig:
-    """Spreading grid cells over processes and machines; results are cached per cell."""
+    """Spreading grid cells over processes and machines; results are cached per cell (see three_regime/cli.py)."""
 
-    index: int = param(0, "this process runs the cells whose index % count == index")
+    index: int = param(0, "this process runs the cells whose index % count == index (`grid --shard i/n` sets it)")
     count: int = param(1, "number of shards the grid is split into (1 = run every cell here)")
     workers: int = param(1, "worker processes on this machine, one torch thread each (one per core on CPU)")
 
@@ -210,19 +210,20 @@ class ThreeRegimeConfig:
 
 
 def smoke() -> ThreeRegimeConfig:
-    """Seconds on a CPU: a 2 x 2 grid with a tiny BN-MLP on MNIST-1D; checks the plumbing, used by the tests.
+    """Seconds on a CPU: a 3 x 3 grid with a tiny BN-MLP on MNIST-1D; checks the plumbing, used by the tests.
 
-    Command: ``make reproduce-three_regime PRESET=smoke``. Hardware: any CPU. Time: < 60 s.
-    Targets no paper number; writes a record with the Fig. 2 quantities for a 2 x 2 grid.
+    Command: ``make reproduce-three_regime PRESET=smoke``. Hardware: any CPU. Time: < 60 s (about 10 s).
+    Targets no paper number: the models are barely trained, so its claims' verdicts carry no evidence; it
+    writes a record with every output of the full pipeline (Fig. 2 panels, regime map, case studies, claims).
     """
     return ThreeRegimeConfig(
         seeds=(0,),
-        data=DataConfig(dataset="mnist1d", num_samples=1000),
+        data=DataConfig(dataset="mnist1d", num_samples=2000),
         model=ModelConfig(arch="mlp_bn", hidden_layers=2, hidden_width=64),
-        train=TrainConfig(epochs=4, batch_size=64, weight_decay=5e-4),
-        retrain=RetrainConfig(seeds=(0, 1), epochs=2, batch_size=64, weight_decay=5e-4, test_error_last_epochs=1),
-        metrics=MetricsConfig(lmc_points=5, cka_samples=200),
-        grid=GridConfig(training_epochs=(2, 4), densities=(10.0, 50.0)),
+        train=TrainConfig(epochs=6, batch_size=64, weight_decay=5e-4),
+        retrain=RetrainConfig(seeds=(0, 1), epochs=3, batch_size=64, weight_decay=5e-4, test_error_last_epochs=1),
+        metrics=MetricsConfig(lmc_points=5, cka_samples=500),
+        grid=GridConfig(training_epochs=(2, 4, 6), densities=(5.0, 20.0, 50.0)),
         shard=ShardConfig(workers=1),
     )
 
@@ -231,8 +232,8 @@ def mini() -> ThreeRegimeConfig:
     """The default of ``make reproduce-three_regime``: the Fig. 2 phase diagrams with a BN-MLP on MNIST-1D.
 
     Command: ``make reproduce-three_regime``. Hardware: 2-core CPU, two single-thread worker processes.
-    Time: about 10-15 min (CPU pilot, shared/papers/three_regime.md §5.3 run E: ~12 s per cell with 2
-    retrains of 30 epochs on one contended core; here 6 x 6 cells x 2 dense seeds with 3 retrains each).
+    Time: about 10 min on an idle machine (measured ~14 s per cell on one thread: 3 retrains of 30 epochs,
+    3 LMC lines, 3 CKAs; 6 x 6 cells x 2 dense seeds over 2 workers); more when other jobs share the cores.
     Targets: Fig. 2 (PreResNet-20 / CIFAR-10, temperature = training epochs) as a qualitative analogue: test
     error, normalized test error, mc and CKA over 6 checkpoints x 6 densities. The schedule is the official
     160-epoch one scaled by 3/8 (60 epochs, decays at 30/45; retraining 30 epochs, decays at 15/22), so the
@@ -261,8 +262,10 @@ def paper() -> ThreeRegimeConfig:
     """PreResNet-20 on CIFAR-10 from a local copy, the official 16 x 9 grid (Fig. 2), for GPUs.
 
     Command: ``make reproduce-three_regime PRESET=paper ARGS="--set data.root=/path/to/cifar10"``; to spread
-    the cells over N processes or machines add ``--set shard.count=N --set shard.index=i`` (i = 0..N-1) and
-    ``--set shard.workers=W`` for W concurrent jobs per GPU. Batch-size study: ``--set
+    the cells over N processes or machines run ``python -m three_regime grid --preset paper --shard i/N --set
+    data.root=...`` for i = 0..N-1 (``--workers W`` for W concurrent jobs per GPU), ``python -m three_regime
+    merge <their cache dirs>`` if their caches differ, then the command above to write the record from the
+    cached cells (README.md, "How to run"). Batch-size study: ``--set
     grid.temperature=batch_size --set train.iterations=62400 --set retrain.iterations=62400 --set
     retrain.batch_size=128``; SAM study: ``--set train.optimizer=sam --set
     grid.temperature=sam_rho``. A reduced run (the notes' "about 1 GPU-hour"): ``--set seeds='(1,)' --set

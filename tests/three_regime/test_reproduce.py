@@ -1,0 +1,106 @@
+"""The CLI end to end: the smoke preset writes a valid record and report; the paper preset's code path at tiny scale."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from common.cli import main, report_all
+from common.data import DatasetNotFoundError
+from common.results import VERDICTS, load_record, read_block
+from common.runtime import REPO_ROOT
+from three_regime import cli, config, reproduce
+
+
+def run_cli(*argv: str) -> int:
+    return main("three_regime", presets=config.PRESETS, run=reproduce.run, report=reproduce.report,
+                commands=cli.COMMANDS, argv=list(argv))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    results_dir = tmp_path_factory.mktemp("results")
+    assert run_cli("reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(results_dir)) == 0
+    return results_dir
+
+
+def test_smoke_preset_writes_a_valid_record(smoke_results):
+    out_dir = smoke_results / "three_regime" / "smoke"
+    assert {p.name for p in out_dir.iterdir()} >= {"record.json", "results.csv", "results.md", "figures"}
+    record = load_record(out_dir)
+    assert record.paper == "three_regime" and record.preset == "smoke"
+    assert record.command == "python -m three_regime reproduce --preset smoke"
+    assert record.config == json.loads(json.dumps(record.config)) and len(record.config_hash) == 12
+    assert record.provenance["wall_time_s"] > 0
+    cfg = config.smoke()
+    x = record.extra
+    n_t, n_d = len(cfg.grid.training_epochs), len(cfg.grid.densities)
+    assert x["temps"] == [2, 4, 6] and x["densities"] == list(cfg.grid.densities)  # hot (fewest epochs) first
+    for key in ("test_error", "mc", "cka"):
+        assert np.asarray(x["mean"][key]).shape == (n_t, n_d)
+    assert np.all(np.asarray(x["mean"]["cka"]) <= 1.0 + 1e-9) and np.all(np.asarray(x["mean"]["test_error"]) <= 100)
+    assert {r for row in x["regimes"] for r in row} <= {"I", "II-A", "II-B"}
+    achieved = np.asarray(x["per_seed"]["achieved_density"])[0]
+    assert np.allclose(achieved, np.asarray(cfg.grid.densities)[None, :], atol=0.2)  # density = target (%)
+    m = record.get(reproduce.GRID_TABLE, "training_epochs = 2, density 5%", "mc (train error)")
+    assert m.n == len(cfg.seeds) and m.mean == pytest.approx(x["mean"]["mc"][0][0])
+    assert record.get(reproduce.CASE_TABLES["selection"], "oracle", "mean test error reached").mean <= min(
+        record.get(reproduce.CASE_TABLES["selection"], r, "mean test error reached").mean for r in reproduce.RULES
+    )
+    assert len(record.claims) == 5 and all(c.verdict in VERDICTS for c in record.claims)
+    assert all("Rule:" in c.our_evidence for c in record.claims[:4])
+    assert record.claims[-1].verdict == "not testable here"  # no SAM axis in this preset
+    assert (out_dir / "figures" / "phase_diagrams.png").stat().st_size > 10_000
+    assert (out_dir / "figures" / "regime_map.png").is_file()
+
+
+def test_report_renders_the_readme_block(smoke_results, tmp_path):
+    readme = tmp_path / "README.md"
+    shutil.copy(REPO_ROOT / "three_regime" / "README.md", readme)
+    content = report_all("three_regime", smoke_results, reproduce.report, readme=readme)
+    block = read_block(readme.read_text(), "results")
+    assert block == content.strip()
+    assert "### Preset `smoke` (`make reproduce-three_regime PRESET=smoke`)" in block
+    for text in ("figures/phase_diagrams.png", "#### Regime map", "Case study 1", "Case study 2", "#### Claims"):
+        assert text in block
+    again = report_all("three_regime", smoke_results, reproduce.report, readme=None, link_base=tmp_path)
+    assert again == content  # re-rendering from the saved record gives the same block
+
+
+def test_rerun_reuses_the_cached_cells(smoke_results, monkeypatch):
+    from three_regime import grid
+
+    monkeypatch.setattr(grid, "compute_cell", lambda *a, **k: pytest.fail("a cached cell was recomputed"))
+    assert run_cli("reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(smoke_results)) == 0
+
+
+def test_paper_preset_without_cifar_says_what_to_put_where(tmp_results):
+    with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-py"):
+        run_cli("reproduce", "--preset", "paper", "--no-readme", "--results-dir", str(tmp_results))
+
+
+def test_paper_code_path_at_tiny_scale(tmp_results, tmp_path, monkeypatch):
+    """PreResNet on CIFAR-shaped images (a fake CIFAR-10 of random pixels) through the whole pipeline."""
+    from three_regime import data
+
+    rng = np.random.default_rng(0)
+
+    def fake_cifar10(root, train=True, **kwargs):
+        n = 64 if train else 32
+        return SimpleNamespace(data=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                               targets=rng.integers(0, 10, n).tolist())  # fmt: skip
+
+    monkeypatch.setattr(data, "cifar10", fake_cifar10)
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    sets = [f"data.root={tmp_path}", "model.depth=8", "seeds=(1,)", "train.epochs=2", "retrain.seeds=(1,2)",
+            "retrain.epochs=1", "retrain.test_error_last_epochs=1", "metrics.lmc_points=3", "metrics.cka_samples=16",
+            "grid.training_epochs=(1,2)", "grid.densities=(10.0,80.0)"]  # fmt: skip
+    argv = ["reproduce", "--preset", "paper", "--no-readme", "--results-dir", str(tmp_results)]
+    assert run_cli(*argv, *[a for s in sets for a in ("--set", s)]) == 0
+    record = load_record(tmp_results / "three_regime" / "paper")
+    assert np.asarray(record.extra["mean"]["mc"]).shape == (2, 2)
+    assert record.config["model"]["arch"] == "preresnet" and record.config["data"]["augment"] is True

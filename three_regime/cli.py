@@ -1,0 +1,79 @@
+"""Extra sub-commands for spreading the grid: ``grid`` runs one shard's cells, ``merge`` gathers caches.
+
+On a cluster (one array task per shard, each with its own cache)::
+
+    python -m three_regime grid --preset paper --shard $I/$N --set data.root=/data/cifar10    # task I of N
+    python -m three_regime merge /scratch/cache-0 /scratch/cache-1 ...   # into this machine's cache
+    python -m three_regime reproduce --preset paper --set data.root=/data/cifar10   # reads every cell: the record
+
+With a shared cache folder (``PRUNE_REPRO_CACHE``) no merge is needed. A cell already in the cache is never
+recomputed, so an interrupted shard resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from common.cli import Command
+from common.config import ConfigError, get_preset, override
+from common.runtime import ArtifactCache, select_device
+
+from . import grid
+from .config import PRESETS
+
+log = logging.getLogger(__name__)
+
+
+def _configure_grid(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="mini", choices=list(PRESETS), help="which preset's grid (default: mini)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field (as for reproduce)")  # fmt: skip
+    parser.add_argument(
+        "--shard", default=None, help="i/n: run the cells whose index mod n is i (default: from config)"
+    )
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: shard.workers)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="cache root (default: $PRUNE_REPRO_CACHE or .cache)"
+    )
+
+
+def _grid(args: argparse.Namespace) -> int:
+    try:
+        cfg = override(get_preset(PRESETS, args.preset), args.sets)
+        shard = grid.parse_shard(args.shard) if args.shard else (cfg.shard.index, cfg.shard.count)
+    except (ConfigError, ValueError) as err:
+        print(f"three_regime grid: {err}")
+        return 2
+    device = select_device(args.device)
+    if device.type == "cpu" and cfg.model.arch == "mlp_bn":
+        torch.set_num_threads(1)
+    cache = ArtifactCache(grid.NAMESPACE, root=args.cache_dir)
+    cells = grid.run_jobs(cfg, cache, device, shard=shard, workers=args.workers or cfg.shard.workers)
+    print(f"shard {shard[0]}/{shard[1]}: {len(cells)} cells cached in {cache.dir}")
+    return 0
+
+
+def _configure_merge(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "sources", nargs="+", type=Path, help="cache roots (or their three_regime/ folders) to copy from"
+    )
+    parser.add_argument("--cache-dir", type=Path, default=None, help="destination cache root (default: this one)")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    cache = ArtifactCache(grid.NAMESPACE, root=args.cache_dir)
+    copied = grid.merge_caches(args.sources, cache)
+    print(f"merged {copied} finished jobs into {cache.dir}")
+    return 0
+
+
+COMMANDS = {
+    "grid": Command("run one shard of a preset's grid into the cache (no record); see three_regime/cli.py",
+                    _configure_grid, _grid),
+    "merge": Command("copy finished grid jobs from other caches into this one", _configure_merge, _merge),
+}  # fmt: skip

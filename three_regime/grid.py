@@ -1,0 +1,304 @@
+"""The temperature x density grid as independent, cached jobs that resume, shard and merge.
+
+Two kinds of job, each cached on its own (``common.runtime.ArtifactCache``, keyed by the part of the
+config that determines it, so a finished job is never recomputed):
+
+* ``dense``: one dense training run of one seed. For temperature = training epochs a single run yields every
+  checkpoint; for batch size and SAM rho each temperature value is its own run.
+* ``cell``: one (temperature, density, dense seed): prune once, retrain under every retraining seed with the
+  mask fixed, then LMC (training error, BN re-estimated at every point) and CKA on every retrained pair.
+
+``run_jobs(cfg, cache, shard=(i, n))`` runs the cells whose position in :func:`grid_cells` is ``i mod n``
+(and the dense runs they need), in ``workers`` single-thread processes; ``merge_caches`` copies finished
+jobs of other machines into this cache; :func:`collect` reads every cell (failing if one is missing).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import logging
+import multiprocessing
+import shutil
+import time
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.config import to_dict
+from common.runtime import ArtifactCache, progress, seed_everything
+
+from . import method
+from .config import ThreeRegimeConfig
+from .data import Data, load_data
+from .models import build_model
+from .train import Schedule, error_rate, outputs, reestimate_bn, train
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "three_regime"
+JOB_FORMAT = 1
+"""Bump when the code changes what a dense or cell job produces, so cached jobs are not reused."""
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    seed: int
+    temperature: float
+    density: float
+
+
+def temperatures(cfg: ThreeRegimeConfig) -> tuple[float, ...]:
+    """The temperature values in the config's order."""
+    g = cfg.grid
+    return {"training_epochs": g.training_epochs, "batch_size": g.batch_sizes, "sam_rho": g.sam_rhos}[g.temperature]
+
+
+def hot_to_cold(cfg: ThreeRegimeConfig) -> list[float]:
+    """Temperature values ordered hottest first: fewer epochs, smaller batches, larger rho are hotter."""
+    values = sorted(temperatures(cfg))
+    return values[::-1] if cfg.grid.temperature == "sam_rho" else values
+
+
+def grid_cells(cfg: ThreeRegimeConfig) -> list[Cell]:
+    """Every cell, in a fixed order (the order shards are dealt from)."""
+    return [Cell(s, t, d) for s in cfg.seeds for t in hot_to_cold(cfg) for d in cfg.grid.densities]
+
+
+def shard_cells(cells: list[Cell], index: int, count: int) -> list[Cell]:
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
+    return [c for k, c in enumerate(cells) if k % count == index]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)``."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+# ----------------------------------------------------------------------------------------------------
+# Keys: what determines each job
+
+
+def dense_run_id(cfg: ThreeRegimeConfig, cell: Cell) -> Any:
+    """Dense runs shared by cells: one per seed for training epochs, one per (seed, value) otherwise."""
+    return (cell.seed,) if cfg.grid.temperature == "training_epochs" else (cell.seed, cell.temperature)
+
+
+def dense_key(cfg: ThreeRegimeConfig, run_id: tuple) -> dict[str, Any]:
+    c = to_dict(cfg)
+    key = {k: c[k] for k in ("data", "model", "train")}
+    key.update(temperature=cfg.grid.temperature, run=list(run_id), format=JOB_FORMAT)
+    if cfg.grid.temperature == "training_epochs":
+        key["checkpoints"] = sorted(cfg.grid.training_epochs)
+    return key
+
+
+def cell_key(cfg: ThreeRegimeConfig, cell: Cell) -> dict[str, Any]:
+    c = to_dict(cfg)
+    key = {k: c[k] for k in ("data", "model", "train", "prune", "retrain", "metrics")}
+    key.update(temperature=cfg.grid.temperature, cell=[cell.seed, cell.temperature, cell.density], format=JOB_FORMAT)
+    return key
+
+
+# ----------------------------------------------------------------------------------------------------
+# The jobs
+
+
+def dense_schedule(cfg: ThreeRegimeConfig, temperature: float | None) -> Schedule:
+    t = cfg.train
+    batch_size, rho = t.batch_size, (t.sam_rho if t.optimizer == "sam" else 0.0)
+    if cfg.grid.temperature == "batch_size":
+        batch_size = int(temperature)
+    if cfg.grid.temperature == "sam_rho":
+        rho = float(temperature)
+    return Schedule(t.epochs, batch_size, t.lr, t.momentum, t.weight_decay, t.lr_decay_at, t.lr_decay,
+                    t.iterations, rho, t.sam_adaptive)  # fmt: skip
+
+
+def retrain_schedule(cfg: ThreeRegimeConfig) -> Schedule:
+    r = cfg.retrain
+    return Schedule(r.epochs, r.batch_size, r.lr, r.momentum, r.weight_decay, r.lr_decay_at, r.lr_decay, r.iterations)
+
+
+def compute_dense(cfg: ThreeRegimeConfig, run_id: tuple, data: Data, device: torch.device) -> dict[str, Any]:
+    """``{"states": {temperature: state_dict}, "test_error": {...}, "train_error": {...}}`` of one dense run."""
+    seed = run_id[0]
+    temperature = run_id[1] if len(run_id) > 1 else None
+    seed_everything(seed)
+    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
+    states: dict[float, dict[str, torch.Tensor]] = {}
+    schedule = dense_schedule(cfg, temperature)
+    if cfg.grid.temperature == "training_epochs":
+        checkpoints = sorted(int(e) for e in cfg.grid.training_epochs)
+        if checkpoints[-1] > schedule.epochs:
+            raise ValueError(f"checkpoint epoch {checkpoints[-1]} beyond train.epochs={schedule.epochs}")
+        train(model, data, schedule, seed, checkpoint_epochs=checkpoints,
+              on_checkpoint=lambda e, s: states.__setitem__(float(e), {k: v.cpu() for k, v in s.items()}))  # fmt: skip
+    else:
+        train(model, data, schedule, seed)
+        states[float(temperature)] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    test_error, train_error = {}, {}
+    for t, state in states.items():
+        model.load_state_dict(state)
+        test_error[t] = error_rate(model, data.x_test, data.y_test)
+        train_error[t] = error_rate(model, data.x_train, data.y_train)
+    return {"states": states, "test_error": test_error, "train_error": train_error}
+
+
+def compute_cell(cfg: ThreeRegimeConfig, cell: Cell, dense: dict[str, Any], data: Data, device: torch.device) -> dict:
+    """Prune the dense checkpoint once, retrain it under each retraining seed, measure every pair."""
+    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
+    model.load_state_dict(dense["states"][float(cell.temperature)])
+    masks = method.magnitude_masks(model, cell.density / 100.0, cfg.prune.scope, cfg.prune.prune_classifier)
+    method.apply_masks(model, masks)
+    pruned_state = {k: v.clone() for k, v in model.state_dict().items()}
+    density = method.achieved_density(model, masks)
+    r = cfg.retrain
+    schedule = retrain_schedule(cfg)
+    last = min(r.test_error_last_epochs, r.epochs) if r.iterations == 0 else 1
+    states, test_errors, final_errors = [], [], []
+    for s in r.seeds:
+        model.load_state_dict(pruned_state)
+        seed_everything(s)
+        log_ = train(model, data, schedule, seed=s * 1000 + cell.seed, masks=masks, eval_last_epochs=last)
+        test_errors.append(sum(log_.test_error.values()) / len(log_.test_error))
+        final_errors.append(error_rate(model, data.x_test, data.y_test))
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+    m = cfg.metrics
+    n_lmc = len(data.x_train) if m.lmc_samples <= 0 else min(m.lmc_samples, len(data.x_train))
+    x_lmc, y_lmc = data.x_train[:n_lmc], data.y_train[:n_lmc]
+    x_cka = data.x_train[: min(m.cka_samples, len(data.x_train))]
+
+    def error_at(net: torch.nn.Module) -> float:
+        if m.lmc_bn_reestimate:
+            reestimate_bn(net, x_lmc)
+        return error_rate(net, x_lmc, y_lmc)
+
+    feats = []
+    for state in states:
+        model.load_state_dict(state)
+        out = outputs(model, x_cka)
+        feats.append(out.softmax(1) if m.cka_features == "softmax" else out)
+    pairs = []
+    for a, b in combinations(range(len(states)), 2):
+        lmc = method.linear_mode_connectivity(model, states[a], states[b], error_at, m.lmc_points)
+        cka = method.linear_cka(feats[a], feats[b], debiased=m.cka_debiased)
+        pairs.append({"seeds": [r.seeds[a], r.seeds[b]], "mc": lmc.mc, "errors": lmc.errors, "cka": cka})
+    return {
+        "cell": [cell.seed, cell.temperature, cell.density],
+        "achieved_density": density,
+        "dense_test_error": dense["test_error"][float(cell.temperature)],
+        "dense_train_error": dense["train_error"][float(cell.temperature)],
+        "test_error": test_errors,
+        "final_test_error": final_errors,
+        "pairs": pairs,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Running jobs, in this process or in single-thread worker processes
+
+_DATA: dict[Any, Data] = {}
+
+
+def _data(cfg: ThreeRegimeConfig, device: torch.device) -> Data:
+    key = (str(to_dict(cfg.data)), str(device))
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = load_data(cfg.data).to(device)
+    return _DATA[key]
+
+
+def dense_job(cfg: ThreeRegimeConfig, run_id: tuple, cache_root: Path, device: str) -> str:
+    cache = ArtifactCache(NAMESPACE, root=cache_root)
+    key = dense_key(cfg, run_id)
+    if ("dense", key) not in cache:
+        cache.save("dense", key, compute_dense(cfg, run_id, _data(cfg, torch.device(device)), torch.device(device)))
+    return str(run_id)
+
+
+def cell_job(cfg: ThreeRegimeConfig, cell: Cell, cache_root: Path, device: str) -> Cell:
+    cache = ArtifactCache(NAMESPACE, root=cache_root)
+    key = cell_key(cfg, cell)
+    if ("cell", key) not in cache:
+        dev = torch.device(device)
+        dense = cache.load("dense", dense_key(cfg, dense_run_id(cfg, cell)))
+        cache.save("cell", key, compute_cell(cfg, cell, dense, _data(cfg, dev), dev))
+    return cell
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run(fn, jobs: list[tuple], workers: int, desc: str) -> None:
+    if not jobs:
+        return
+    if workers <= 1:
+        for job in progress(jobs, desc=desc):
+            fn(*job)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(1,)) as pool:
+        pending = [pool.submit(fn, *job) for job in jobs]
+        for f in progress(futures.as_completed(pending), total=len(pending), desc=desc):
+            f.result()
+
+
+def run_jobs(
+    cfg: ThreeRegimeConfig,
+    cache: ArtifactCache,
+    device: torch.device | str = "cpu",
+    shard: tuple[int, int] = (0, 1),
+    workers: int = 1,
+) -> list[Cell]:
+    """Compute the missing dense runs and cells of ``shard``; return the shard's cells. Finished jobs are skipped."""
+    cells = shard_cells(grid_cells(cfg), *shard)
+    root = cache.dir.parent
+    todo_cells = [c for c in cells if ("cell", cell_key(cfg, c)) not in cache]
+    run_ids = sorted({dense_run_id(cfg, c) for c in todo_cells})
+    todo_dense = [r for r in run_ids if ("dense", dense_key(cfg, r)) not in cache]
+    start = time.perf_counter()
+    log.info("shard %d/%d: %d cells (%d to compute), %d dense runs to compute, %d workers",
+             *shard, len(cells), len(todo_cells), len(todo_dense), workers)  # fmt: skip
+    _run(dense_job, [(cfg, r, root, str(device)) for r in todo_dense], workers, "dense")
+    _run(cell_job, [(cfg, c, root, str(device)) for c in todo_cells], workers, "cells")
+    log.info("shard %d/%d done in %.1f s", *shard, time.perf_counter() - start)
+    return cells
+
+
+def collect(cfg: ThreeRegimeConfig, cache: ArtifactCache) -> dict[Cell, dict]:
+    """Every cell's result; raises FileNotFoundError naming the missing cells (run the shards, then merge)."""
+    cells = grid_cells(cfg)
+    missing = [c for c in cells if ("cell", cell_key(cfg, c)) not in cache]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(cells)} grid cells are not in {cache.dir} (e.g. {missing[0]}): run every "
+            "shard (`python -m three_regime grid --shard i/n`) and merge their caches (`python -m three_regime merge`)"
+        )
+    return {c: cache.load("cell", cell_key(cfg, c)) for c in cells}
+
+
+def merge_caches(sources: list[Path], dest: ArtifactCache) -> int:
+    """Copy the finished jobs of other caches (their ``three_regime/`` folders or parents) into ``dest``."""
+    copied = 0
+    dest.dir.mkdir(parents=True, exist_ok=True)
+    for src in sources:
+        src = Path(src)
+        folder = src / NAMESPACE if (src / NAMESPACE).is_dir() else src
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no cache folder at {src}")
+        for path in sorted(folder.glob("*.pt")):
+            if path.name.startswith(("cell-", "dense-")) and not (dest.dir / path.name).exists():
+                shutil.copy2(path, dest.dir / path.name)
+                copied += 1
+    return copied
