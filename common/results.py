@@ -218,7 +218,11 @@ class RunRecord:
 
 
 def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
-    """The commit and whether tracked files (outside ``results/``) differ from it; None outside git."""
+    """The commit and whether tracked *code* differs from it; None outside git.
+
+    Outputs do not count: ``results/`` and Markdown files, whose generated blocks every run rewrites
+    (otherwise each run of ``make reproduce-all`` after the first would be marked dirty by the one before).
+    """
 
     def git(*args: str) -> str | None:
         try:
@@ -228,7 +232,7 @@ def git_state(repo: Path = REPO_ROOT) -> dict[str, Any]:
         return out.stdout.strip()
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results", ":(exclude)*.md")
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import math
+import subprocess
 
 import pytest
 
@@ -60,6 +61,26 @@ def test_git_state_in_this_checkout():
     assert set(state) == {"git_commit", "git_dirty"}
     if state["git_commit"] is not None:  # a fresh `git init` without commits has no HEAD
         assert len(state["git_commit"]) == 40
+
+
+def test_git_state_ignores_outputs_but_not_code(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "results").mkdir()
+    for name in ("code.py", "README.md", "results/r.json"):
+        (tmp_path / name).write_text("0")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    assert results.git_state(tmp_path)["git_dirty"] is False
+    (tmp_path / "README.md").write_text("a regenerated results block")
+    (tmp_path / "results" / "r.json").write_text("1")
+    assert results.git_state(tmp_path)["git_dirty"] is False
+    (tmp_path / "code.py").write_text("1")
+    assert results.git_state(tmp_path)["git_dirty"] is True
 
 
 def test_schema_mismatch_is_refused(tmp_path):
