@@ -27,17 +27,19 @@ from torch import nn
 
 from common.cli import RunContext
 from common.data import DatasetNotFoundError
-from common.results import NOT_REPRODUCED, NOT_TESTABLE, PARTLY, REPRODUCED, RunRecord, format_mean_std
+from common.results import NOT_TESTABLE, RunRecord
 from common.runtime import generator, progress
 
-from .config import TINY_LLAMA, DarexConfig, DecoderConfig
+from .config import TINY_BERT, TINY_LLAMA, DarexConfig, DecoderConfig
 from .method import Deltas, coarse_to_fine_q, dare, delta_parameters, delta_statistics
+from .models import load_tokenizer as load_model_tokenizer
 
 log = logging.getLogger(__name__)
 
 DECODER_TABLE = "Decoder: GSM8K accuracy after delta-parameter pruning (global q)"
 DECODER_REFS = "Decoder: unpruned references"
 DECODER_Q = "Decoder: chosen rescaling factors"
+DROPPED = "pre-trained weights + fine-tuned embeddings/head (all deltas dropped)"
 METHODS = {
     "dare": "DARE (1/(1-p))",
     "labelled": "DAREx-q, global q on labelled GSM8K-train questions",
@@ -140,11 +142,8 @@ def load_causal_lm(path: str, dtype: torch.dtype, role: str, vocab_size: int = 0
 
 
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    from .models import minilm_path
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path() if path == TINY_LLAMA else path, local_files_only=True)
+    """The tokenizer of ``path`` (MiniLM's for the tiny Llama), padding on the left for generation."""
+    tokenizer = load_model_tokenizer(TINY_BERT if path == TINY_LLAMA else path)
     tokenizer.padding_side = "left"  # generation continues the prompt
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -242,8 +241,7 @@ def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
     ft = bench.accuracy(bench.deltas, test, "fine-tuned")
     dropped = bench.accuracy({n: torch.zeros_like(d) for n, d in bench.deltas.items()}, test, "base")
     record.add(DECODER_REFS, "fine-tuned (unpruned)", "accuracy", ft, unit="%")
-    record.add(DECODER_REFS, "pre-trained weights + fine-tuned embeddings/head (all deltas dropped)", "accuracy",
-               dropped, unit="%")  # fmt: skip
+    record.add(DECODER_REFS, DROPPED, "accuracy", dropped, unit="%")
     probe = dc.mask_seeds[0]  # q is chosen with the first mask, as in the encoder experiment
     for p in pc.rates:
         q_lab, _ = coarse_to_fine_q(
@@ -264,24 +262,21 @@ def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
             if method != "dare":
                 record.add(DECODER_Q, METHODS[method], f"1/q at p={p} (DARE: {1 / (1 - p):.4g})", 1.0 / q)
         log.info("decoder p=%g: %s", p, {m: round(1 / q, 2) for m, q in chosen.items()})
-    _claim(record, cfg, ft)
+    _claim(record, cfg)
     return record
 
 
-def _claim(record: RunRecord, cfg: DarexConfig, ft: float) -> None:
+def _claim(record: RunRecord, cfg: DarexConfig) -> None:
+    from .reproduce import DELTAS_MATTER, collapse_and_recovery
+
     p = max(cfg.prune.rates)
+    ft = record.get(DECODER_REFS, "fine-tuned (unpruned)", "accuracy")
+    dropped = record.get(DECODER_REFS, DROPPED, "accuracy")
     at = {k: record.get(DECODER_TABLE, METHODS[k], f"accuracy, p={p}") for k in ("dare", "labelled")}
-    drop, gain = ft - at["dare"].mean, at["labelled"].mean - at["dare"].mean
-    noise = max(2 * at["dare"].std, 2 * at["labelled"].std, 1.0)
-    collapsed, recovered = drop > 10.0, gain > noise
-    verdict = REPRODUCED if collapsed and recovered else PARTLY if (collapsed or recovered) else NOT_REPRODUCED
-    dropped = record.get(DECODER_REFS, "pre-trained weights + fine-tuned embeddings/head (all deltas dropped)",
-                         "accuracy").mean  # fmt: skip
+    evidence, verdict = collapse_and_recovery(ft, at["dare"], at["labelled"])
     record.claim(
         f"On a decoder, DARE collapses at p = {p} and DAREx-q (global q) recovers",
         paper_evidence="§5: 'even greater gains in decoder models' (Table 3; numbers not read)",
-        our_evidence=(f"unpruned {ft:.2f}; DARE {format_mean_std(at['dare'].values)} (drop {drop:.1f}); "
-                      f"DAREx-q labelled {format_mean_std(at['labelled'].values)} (gain {gain:+.1f}); rule: collapse "
-                      "= drop > 10 points, recovery = gain > max(2 std, 1)"),
-        verdict=verdict if ft - dropped > 2.0 else NOT_TESTABLE,
-    )  # fmt: skip
+        our_evidence=evidence,
+        verdict=verdict if ft.mean - dropped.mean > DELTAS_MATTER else NOT_TESTABLE,
+    )

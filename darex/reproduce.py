@@ -23,7 +23,16 @@ from torch import nn
 from common.cli import RunContext, default_report
 from common.config import to_dict
 from common.plotting import method_color, method_marker, plt, savefig, style
-from common.results import NOT_REPRODUCED, NOT_TESTABLE, PARTLY, REPRODUCED, RunRecord, format_mean_std, mean_std
+from common.results import (
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    PARTLY,
+    REPRODUCED,
+    Measurement,
+    RunRecord,
+    format_mean_std,
+    mean_std,
+)
 from common.results import markdown_table as md_table
 from common.runtime import generator
 
@@ -437,6 +446,24 @@ def _m(record: RunRecord, table: str, setting: str, metric: str):
         return None
 
 
+DELTAS_MATTER = 2.0
+"""Points by which the unpruned model must beat the all-deltas-dropped one for the claims to be testable."""
+
+
+def collapse_and_recovery(ft: Measurement, dare_m: Measurement, darex_m: Measurement) -> tuple[str, str]:
+    """Evidence and verdict of "DARE collapses and DAREx-q recovers", with the rule stated in the evidence."""
+    drop, gain = ft.mean - dare_m.mean, darex_m.mean - dare_m.mean
+    noise = max(2 * dare_m.std, 2 * darex_m.std, 1.0)
+    collapsed, recovered = drop > 10.0, gain > noise
+    verdict = REPRODUCED if collapsed and recovered else PARTLY if (collapsed or recovered) else NOT_REPRODUCED
+    evidence = (
+        f"unpruned {format_mean_std(ft.values)}; DARE {format_mean_std(dare_m.values)} (drop {drop:.1f}); "
+        f"DAREx-q labelled {format_mean_std(darex_m.values)} (gain {gain:+.1f}). Rule: collapse = drop > 10 "
+        "points, recovery = gain > max(2 std, 1)"
+    )
+    return evidence, verdict
+
+
 def _claims(record: RunRecord, cfg: DarexConfig) -> None:
     metric = cfg.text.metric
     p = cfg.prune.figure_rate
@@ -447,7 +474,7 @@ def _claims(record: RunRecord, cfg: DarexConfig) -> None:
     # scores no better than the pre-trained body with the fine-tuned head, e.g. the smoke preset's untrained
     # tiny model), there is nothing to test.
     dropped = _m(record, REFERENCE_TABLE, "pre-trained encoder + fine-tuned head (all deltas dropped)", metric)
-    deltas_matter = ft is not None and dropped is not None and ft.mean - dropped.mean > 2.0
+    deltas_matter = ft is not None and dropped is not None and ft.mean - dropped.mean > DELTAS_MATTER
     inert = "" if deltas_matter else "; the deltas carry nothing here (unpruned ≈ all deltas dropped): not testable"
 
     def verdict_if_testable(verdict: str) -> str:
@@ -455,19 +482,11 @@ def _claims(record: RunRecord, cfg: DarexConfig) -> None:
 
     # C1: DARE collapses at extreme rates and DAREx-q recovers.
     if ft and at["dare"] and at["darex_q_labelled"]:
-        drop = ft.mean - at["dare"].mean
-        gain = at["darex_q_labelled"].mean - at["dare"].mean
-        noise = max(2 * at["dare"].std, 2 * at["darex_q_labelled"].std, 1.0)
-        collapsed, recovered = drop > 10.0, gain > noise
-        verdict = REPRODUCED if collapsed and recovered else PARTLY if (collapsed or recovered) else NOT_REPRODUCED
+        evidence, verdict = collapse_and_recovery(ft, at["dare"], at["darex_q_labelled"])
         record.claim(
             f"DARE collapses at p = {p} and DAREx-q recovers",
             paper_evidence="Abstract; Table 1 (DAREx-q > 30% over DARE on CoLA/SST-2 at high p; numbers not read)",
-            our_evidence=(
-                f"unpruned {fmt(ft)}; DARE {fmt(at['dare'])} (drop {drop:.1f}); DAREx-q labelled "
-                f"{fmt(at['darex_q_labelled'])} (gain {gain:+.1f}). Rule: collapse = drop > 10 points, "
-                f"recovery = gain > max(2 std, 1){inert}"
-            ),
+            our_evidence=evidence + inert,
             verdict=verdict_if_testable(verdict),
         )
     # C2: the label-free choice of q is close to the labelled one.

@@ -302,28 +302,14 @@ def run(cfg: MaskSparsityConfig, ctx: RunContext) -> RunRecord:
     op0 = ops[0]
     for label in first["gamma"][op0]:
         setting = f"{MS} ({op0})" if label == MS else label
-        add(
-            PRE_TABLE,
-            setting,
-            f"mean |γ| of kept channels (mask {op0})",
-            lambda s, label=label: s["gamma"][op0][label]["kept_mean_abs_gamma"],
-            digits=4,
-        )
-        add(
-            PRE_TABLE,
-            setting,
-            f"mean |γ| of masked channels (mask {op0})",
-            lambda s, label=label: s["gamma"][op0][label]["masked_mean_abs_gamma"],
-            digits=4,
-        )
-        add(
-            PRE_TABLE,
-            setting,
-            f"masked γ below {cfg.prune.threshold:g} (mask {op0})",
-            lambda s, label=label: 100 * s["gamma"][op0][label]["masked_below_small"],
-            unit="%",
-            digits=1,
-        )
+        for metric, key, scale, unit, digits in (
+            ("mean |γ| of kept channels", "kept_mean_abs_gamma", 1, "", 4),
+            ("mean |γ| of masked channels", "masked_mean_abs_gamma", 1, "", 4),
+            (f"masked γ below {cfg.prune.threshold:g}", "masked_below_small", 100, "%", 1),
+        ):
+            add(PRE_TABLE, setting, f"{metric} (mask {op0})",
+                lambda s, label=label, key=key, scale=scale: scale * s["gamma"][op0][label][key],
+                unit=unit, digits=digits)  # fmt: skip
     stages = (("raw", "test accuracy right after pruning, raw"), ("fold", "… with relu(β) folded"),
               ("recal", "… with BN statistics re-estimated"), ("ft", "test accuracy after fine-tuning"),
               ("train_acc_ft", "train accuracy after fine-tuning"))  # fmt: skip
