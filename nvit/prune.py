@@ -1,0 +1,211 @@
+"""The iterative pruner (paper §3.2, official ``prune_with_Taylor``): train with KD, score, remove groups, repeat.
+
+Every ``interval`` batches the student is trained with the pruning-phase objective (KD from the dense model)
+while the criterion accumulates over those batches; then the ``groups_per_step`` lowest-ranked groups are
+removed, one at a time, and the estimated latency (the LUT) is checked after each removal, so a run stops exactly
+when it crosses a target. A snapshot is taken at every latency target (paper §4.1: one run, checkpoints at
+several targets). ``allocation="uniform"`` is the baseline that keeps the same ratio of every structure in every
+block (ranked by the same score within each layer), lowered step by step to the same targets.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from common.runtime import generator
+
+from .config import KDConfig
+from .latency import LatencyTable
+from .method import (
+    SaliencyAccumulator,
+    apply_latency_term,
+    calibrate_eta,
+    kept_fractions,
+    make_groups,
+    prune_to_counts,
+    prune_units,
+    uniform_keep_counts,
+)
+from .models import FlexViT, ViTDims, vit_macs
+from .train import autocast, kd_objective, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """What one pruning run needs besides the model and data (built from the config by ``reproduce``)."""
+
+    criterion: str = "hessian"
+    allocation: Literal["global", "uniform"] = "global"
+    structure_divisors: tuple[float, ...] = (12.0, 12.0, 2.0, 2.0, 1.0)
+    score_momentum: float = 0.9
+    group_sizes: tuple[int, ...] = (4, 1, 2, 2, 16)
+    groups_per_step: int = 6
+    interval: int = 5
+    max_steps: int = 200
+    targets: tuple[float, ...] = (0.5,)
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    eta: float = 0.0
+    eta_mode: Literal["absolute", "relative"] = "relative"
+    bonus_floor: tuple[int, ...] = (1, 2, 2, 16)
+    uniform_step: float = 0.05
+    kl_coeff: float = 1.0
+    tau: float = 2.0
+
+
+@dataclass
+class Snapshot:
+    """The masked student when the estimated latency first reached ``target`` (fraction of dense)."""
+
+    target: float
+    step: int
+    batches: int
+    latency_ratio: float
+    macs_ratio: float
+    dims: ViTDims
+    kept: dict[str, float]
+    state: dict[str, torch.Tensor]
+
+    def model(self, dense_dims: ViTDims) -> FlexViT:
+        m = FlexViT(dense_dims)
+        m.load_state_dict(self.state)
+        return m
+
+
+@dataclass
+class PruneRun:
+    settings: PruneSettings
+    snapshots: list[Snapshot]
+    history: list[dict] = field(default_factory=list)
+    eta: float = 0.0
+    reached_all: bool = False
+
+
+def uniform_dims(dense: ViTDims, counts: dict) -> ViTDims:
+    d = dense.depth
+    return ViTDims(
+        emb=counts[("EMB", None)], heads=tuple(counts[("H", i)] for i in range(d)),
+        qk=tuple(counts[("QK", i)] for i in range(d)), v=tuple(counts[("V", i)] for i in range(d)),
+        mlp=tuple(counts[("MLP", i)] for i in range(d)),
+        **{k: getattr(dense, k) for k in ("image_size", "patch_size", "in_chans", "num_classes",
+                                          "distillation_token", "scale", "ln_eps")},
+    )  # fmt: skip
+
+
+def uniform_ratio_for(model: FlexViT, lut: LatencyTable, target_latency: float, group_sizes) -> float:
+    """The largest keep ratio whose uniform dims are at or below ``target_latency`` (bisection on the LUT)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lat = lut.model_latency(uniform_dims(model.dims, uniform_keep_counts(model, mid, group_sizes)))
+        lo, hi = (mid, hi) if lat <= target_latency else (lo, mid)
+    return lo
+
+
+def prune(
+    model: FlexViT,
+    teacher: nn.Module | None,
+    stream: Iterator[tuple],
+    settings: PruneSettings,
+    lut: LatencyTable,
+    *,
+    device: torch.device,
+    kd: KDConfig,
+    seed: int = 0,
+    cnn_teacher: nn.Module | None = None,
+    progress_bar=None,
+    mixup=None,
+    amp: bool = False,
+) -> PruneRun:
+    """Prune ``model`` in place until its LUT latency is at most every target × the dense latency.
+
+    Returns the snapshots (one per target, in decreasing order of target) and a per-step history.
+    """
+    s = settings
+    dense_dims = model.dims
+    dense_lat = lut.model_latency(dense_dims)
+    dense_macs = vit_macs(dense_dims)
+    pending = sorted(s.targets, reverse=True)
+    criterion = s.criterion if s.allocation == "global" else "hessian"
+    acc = SaliencyAccumulator(criterion, divisors=s.structure_divisors, momentum=s.score_momentum,
+                              generator=generator(seed + 17))  # fmt: skip
+    opt = make_optimizer(model, s.lr, s.weight_decay)
+    run = PruneRun(settings=s, snapshots=[])
+    eta = s.eta if s.eta_mode == "absolute" else None
+    ratio = 1.0
+    batches_used = 0
+
+    def check_targets(step: int) -> None:
+        dims = model.current_dims()
+        lat = lut.model_latency(dims) / dense_lat
+        while pending and lat <= pending[0] + 1e-12:
+            target = pending.pop(0)
+            run.snapshots.append(Snapshot(
+                target=target, step=step, batches=batches_used, latency_ratio=lat,
+                macs_ratio=vit_macs(dims) / dense_macs, dims=dims, kept=kept_fractions(model),
+                state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            ))  # fmt: skip
+
+    model.to(device)
+    for step in range(1, s.max_steps + 1):
+        model.train()
+        for _ in range(s.interval):
+            x, y = next(stream)
+            x, y = x.to(device), y.to(device)
+            if mixup is not None:
+                x, y = mixup(x, y)
+            with autocast(device, amp):
+                loss = kd_objective(model, x, y, teacher=teacher, kl_coeff=s.kl_coeff, tau=s.tau, kd=kd,
+                                    cnn_teacher=cnn_teacher)  # fmt: skip
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            acc.add_batch(model)
+            opt.step()
+            model.apply_masks_()
+            batches_used += 1
+        scores = acc.step_scores(model)
+        if s.allocation == "global":
+            groups = make_groups(model, scores, s.group_sizes)
+            if s.eta:
+                dims = model.current_dims()
+                apply_latency_term(groups, lambda layer, n, d=dims: lut.saving(d, layer, n, s.bonus_floor), 0.0)
+                if eta is None:
+                    eta = calibrate_eta(groups, s.eta)
+                    run.eta = eta
+                for g in groups:
+                    g.ranked = g.score - eta * g.latency_saving
+            groups.sort(key=lambda g: (g.ranked, g.layer[0], g.layer[1] or 0, g.units[0]))
+            for g in groups[: s.groups_per_step]:
+                prune_units(model, g.layer, g.units)
+                check_targets(step)
+                if not pending:
+                    break
+        else:
+            floor = uniform_ratio_for(model, lut, pending[0] * dense_lat, s.group_sizes)
+            ratio = max(ratio - s.uniform_step, floor)
+            prune_to_counts(model, scores, uniform_keep_counts(model, ratio, s.group_sizes))
+            check_targets(step)
+        dims = model.current_dims()
+        run.history.append({"step": step, "batches": batches_used, "latency_ratio": lut.model_latency(dims) / dense_lat,
+                            "macs_ratio": vit_macs(dims) / dense_macs, "loss": float(loss.detach())})  # fmt: skip
+        if progress_bar is not None:
+            progress_bar.set_postfix(step=step, lat=f"{run.history[-1]['latency_ratio']:.3f}")
+        if not pending:
+            run.reached_all = True
+            break
+    if pending:
+        log.warning("pruning stopped at max_steps=%d before reaching targets %s", s.max_steps, pending)
+    return run
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)

@@ -1,0 +1,230 @@
+"""Data, the training objective (Eq. 8-9) and the loops: dense training, KD fine-tuning, evaluation.
+
+No pruning logic here (``nvit.prune`` has it). Loops run on whatever device the caller picked
+(``common.runtime.select_device``) and re-apply the pruning masks after every optimiser step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from common import data as cdata
+from common.runtime import generator, progress
+
+from .config import DataConfig, DenseTrainConfig, KDConfig, ModelConfig
+from .models import FlexViT
+
+
+@dataclass
+class Data:
+    train: Dataset
+    test: Dataset
+    n_train: int
+    n_test: int
+
+
+def load_data(cfg: DataConfig, model: ModelConfig) -> Data:
+    """The preset's dataset: digits (sklearn), Fashion-MNIST (offline Debian copy) or a local ImageNet."""
+    if cfg.dataset == "digits":
+        full = cdata.digits()
+        n_train = cfg.train_subset or 1400
+        perm = torch.randperm(len(full), generator=generator(0))
+        x, y = full.tensors
+        if model.image_size != 8:
+            raise ValueError("digits are 8x8: set model.image_size=8")
+        train, test = (
+            TensorDataset(x[perm[:n_train]], y[perm[:n_train]]),
+            TensorDataset(x[perm[n_train:]], y[perm[n_train:]]),
+        )
+    elif cfg.dataset == "fashion_mnist":
+        size = None if model.image_size == 28 else model.image_size
+        train = cdata.fashion_mnist("train", root=cfg.root or None, n=cfg.train_subset or None, seed=0, size=size,
+                                    channels=model.in_chans)  # fmt: skip
+        test = cdata.fashion_mnist("test", root=cfg.root or None, n=cfg.test_subset or None, seed=0, size=size,
+                                   channels=model.in_chans)  # fmt: skip
+    elif cfg.dataset == "imagenet":
+        from timm.data import create_transform
+
+        common_args = dict(input_size=(model.in_chans, model.image_size, model.image_size))
+        train_tf = create_transform(**common_args, is_training=True, auto_augment=cfg.randaugment or None,
+                                    re_prob=cfg.random_erasing, interpolation="bicubic")  # fmt: skip
+        test_tf = create_transform(**common_args, is_training=False, interpolation="bicubic", crop_pct=0.875)
+        train = cdata.image_folder(cfg.root, "train", transform=train_tf)
+        test = cdata.image_folder(cfg.root, "val", transform=test_tf)
+        if cfg.train_subset:
+            train = Subset(train, torch.randperm(len(train), generator=generator(0))[: cfg.train_subset].tolist())
+        if cfg.test_subset:
+            test = Subset(test, list(range(cfg.test_subset)))
+    else:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}")
+    return Data(train=train, test=test, n_train=len(train), n_test=len(test))
+
+
+def batches(dataset: Dataset, batch_size: int, seed: int, *, num_workers: int = 0) -> Iterator[tuple]:
+    """An endless stream of shuffled batches (a new seeded order each epoch); drops the last partial batch."""
+    epoch = 0
+    while True:
+        loader = cdata.loader(dataset, batch_size, shuffle=True, seed=seed * 1000 + epoch, drop_last=True,
+                              num_workers=num_workers)  # fmt: skip
+        yield from loader
+        epoch += 1
+
+
+def batches_per_epoch(data: Data, batch_size: int) -> int:
+    return max(1, data.n_train // batch_size)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    if target.dim() == 1:
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+def kd_objective(
+    student: FlexViT,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    teacher: nn.Module | None,
+    kl_coeff: float,
+    tau: float,
+    kd: KDConfig,
+    cnn_teacher: nn.Module | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """L = α·L_full + L_CNN (Eq. 8-9).
+
+    L_full = KL(ψ(z_s/τ) ‖ ψ(z_t/τ)) to the dense model, on the (averaged) output; reduction per
+    ``kd.kl_reduction``. L_CNN = ``label_loss_coeff`` × [CE(cls, y), or with a distillation token and a CNN
+    teacher DeiT's hard distillation (1−a)·CE(cls, y) + a·CE(dist, argmax teacher)].
+    """
+    cls_logits, dist_logits = student.forward_heads(x)
+    out = cls_logits if dist_logits is None else (cls_logits + dist_logits) / 2
+    if dist_logits is not None and cnn_teacher is not None:
+        with torch.no_grad():
+            hard = cnn_teacher(x).argmax(-1)
+        a = kd.distillation_alpha
+        label_loss = (1 - a) * soft_cross_entropy(cls_logits, y, label_smoothing) + a * F.cross_entropy(
+            dist_logits, hard
+        )
+    else:
+        label_loss = soft_cross_entropy(out, y, label_smoothing)
+    loss = kd.label_loss_coeff * label_loss
+    if teacher is not None and kl_coeff:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        kl = F.kl_div(F.log_softmax(out / tau, -1), F.log_softmax(t_logits / tau, -1), log_target=True,
+                      reduction=kd.kl_reduction)  # fmt: skip
+        loss = loss + kl_coeff * kl
+    return loss
+
+
+def cosine_lr(base: float, step: int, total: int, warmup: int = 0) -> float:
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW without weight decay on norms, biases, tokens and position embeddings (timm/DeiT convention)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() <= 1 or name in ("cls_token", "dist_token", "pos_embed") else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)  # fmt: skip
+
+
+def train_steps(
+    model: FlexViT,
+    stream: Iterator[tuple],
+    steps: int,
+    *,
+    lr: float,
+    weight_decay: float,
+    device: torch.device,
+    teacher: nn.Module | None = None,
+    kl_coeff: float = 0.0,
+    tau: float = 1.0,
+    kd: KDConfig | None = None,
+    label_smoothing: float = 0.0,
+    warmup: int = 0,
+    desc: str = "train",
+    mixup=None,
+    cnn_teacher: nn.Module | None = None,
+    amp: bool = False,
+) -> list[float]:
+    """``steps`` AdamW steps with a cosine schedule on ``stream``; masks re-applied after each step. Returns losses.
+
+    ``mixup`` (e.g. timm's ``Mixup``) mixes each batch and returns soft targets; ``amp`` runs the forward pass in
+    bfloat16 autocast on CUDA (ignored on the CPU).
+    """
+    kd = kd or KDConfig()
+    model.train()
+    opt = make_optimizer(model, lr, weight_decay)
+    losses = []
+    for step in progress(range(steps), desc=desc, leave=False):
+        x, y = next(stream)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if mixup is not None:
+            x, y = mixup(x, y)
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(lr, step, steps, warmup)
+        with autocast(device, amp):
+            loss = kd_objective(model, x, y, teacher=teacher, kl_coeff=kl_coeff, tau=tau, kd=kd,
+                                cnn_teacher=cnn_teacher, label_smoothing=label_smoothing)  # fmt: skip
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        model.apply_masks_()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def train_dense(
+    model: FlexViT, data: Data, cfg: DenseTrainConfig, seed: int, device: torch.device, **kwargs
+) -> list[float]:
+    """Train the dense ViT from scratch: AdamW, cosine to 0, label smoothing (CPU recipe, notes §5.2)."""
+    steps = cfg.epochs * batches_per_epoch(data, cfg.batch_size)
+    stream = batches(data.train, cfg.batch_size, seed)
+    return train_steps(model, stream, steps, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device,
+                       label_smoothing=cfg.label_smoothing, warmup=min(steps // 10, 200), desc="dense",
+                       **kwargs)  # fmt: skip
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast on CUDA when ``enabled`` (the paper's ``--amp``); a no-op on the CPU."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def make_mixup(cfg: DataConfig, num_classes: int, label_smoothing: float = 0.1):
+    """timm's Mixup/CutMix with DeiT's label smoothing when ``cfg.mixup`` or ``cfg.cutmix`` > 0, else None."""
+    if cfg.mixup <= 0 and cfg.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=label_smoothing,
+                 num_classes=num_classes)  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 500) -> dict[str, float]:
+    """Top-1 accuracy (%) and mean cross-entropy on ``dataset``."""
+    model.eval()
+    correct, loss, n = 0, 0.0, 0
+    for x, y in cdata.loader(dataset, batch_size):
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        correct += int((logits.argmax(-1) == y).sum())
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        n += len(y)
+    return {"top1": 100.0 * correct / n, "loss": loss / n}

@@ -1,0 +1,118 @@
+"""The saliency identity, the dependency sets, grouping and selection."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nvit.method import (
+    SaliencyAccumulator,
+    apply_latency_term,
+    calibrate_eta,
+    kept_fractions,
+    layer_mask,
+    layers,
+    make_groups,
+    prune_to_counts,
+    reduce_units,
+    uniform_keep_counts,
+    weight_times_grad,
+)
+from tests.nvit.test_models import prune_some, tiny
+
+
+def gradients(model, dtype=torch.float64):
+    model = model.to(dtype)
+    torch.manual_seed(1)
+    x, y = torch.randn(6, 2, 8, 8, dtype=dtype), torch.randint(0, 5, (6,))
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    return model, x, y
+
+
+@pytest.mark.parametrize("layer", [("EMB", None), ("H", 0), ("QK", 1), ("V", 0), ("MLP", 1)])
+def test_saliency_equals_squared_gate_gradient_float64(layer):
+    """Eq. 4-6: ∂L/∂g_S for a gate on the unit's weights equals Σ w ∂L/∂w, so I_S = (∂L/∂g_S)²."""
+    model, x, y = gradients(tiny(distill=True))
+    wg = weight_times_grad(model)
+    for unit in (0, 2):
+        probe = copy.deepcopy(model)
+        layer_mask(probe, layer)[unit] = 0.0
+        indicator = {n: 1.0 - m.double() for n, m in probe.param_masks().items()}
+        gate = torch.ones((), dtype=torch.float64, requires_grad=True)
+        params = {n: p.detach() * (1 + (gate - 1) * indicator[n]) for n, p in model.named_parameters()}
+        out = torch.func.functional_call(model, {**params, **dict(model.named_buffers())}, (x,))
+        (g,) = torch.autograd.grad(F.cross_entropy(out, y), gate)
+        torch.testing.assert_close(g, wg[layer][unit], rtol=1e-10, atol=1e-14)
+        acc = SaliencyAccumulator("hessian")
+        acc.add_batch(model)
+        torch.testing.assert_close(acc.step_scores(model)[layer][unit], g.detach() ** 2, rtol=1e-10, atol=1e-20)
+
+
+def test_unit_sums_cover_exactly_the_weights_pruning_zeroes():
+    model = tiny()
+    elem = {n: torch.rand_like(p, dtype=torch.float64) for n, p in model.named_parameters()}
+    sums = reduce_units(model, elem)
+    for layer in layers(model):
+        for unit in range(len(layer_mask(model, layer))):
+            probe = copy.deepcopy(model)
+            layer_mask(probe, layer)[unit] = 0.0
+            expected = sum(float(((1 - m.double()) * elem[n]).sum()) for n, m in probe.param_masks().items())
+            assert float(sums[layer][unit]) == pytest.approx(expected, rel=1e-9), (layer, unit)
+
+
+def test_accumulator_averages_batches_and_applies_ema_and_divisors():
+    model, _, _ = gradients(tiny())
+    wg = weight_times_grad(model)
+    acc = SaliencyAccumulator("hessian", divisors=(2.0, 1.0, 1.0, 1.0, 1.0), momentum=0.5)
+    acc.add_batch(model)
+    acc.add_batch(model)
+    first = acc.step_scores(model)
+    torch.testing.assert_close(first[("EMB", None)], (wg[("EMB", None)] / 2) ** 2)
+    model.zero_grad()  # zero gradients: the new average is 0, the EMA halves the old score
+    acc.add_batch(model)
+    second = acc.step_scores(model)
+    torch.testing.assert_close(second[("MLP", 0)], 0.5 * first[("MLP", 0)])
+    fo = SaliencyAccumulator("first_order")
+    model, _, _ = gradients(tiny())
+    fo.add_batch(model)
+    torch.testing.assert_close(fo.step_scores(model)[("H", 1)], weight_times_grad(model)[("H", 1)].abs())
+    with pytest.raises(RuntimeError):
+        SaliencyAccumulator("hessian").step_scores(model)
+    with pytest.raises(ValueError):
+        SaliencyAccumulator("oracle")
+
+
+def test_groups_sum_sorted_units_and_never_empty_a_layer():
+    model = prune_some(tiny())
+    scores = {k: torch.arange(len(layer_mask(model, k)), dtype=torch.float64).flip(0) for k in layers(model)}
+    groups = make_groups(model, scores, (4, 1, 2, 2, 8))
+    by_layer = {}
+    for g in groups:
+        by_layer.setdefault(g.layer, []).append(g)
+        assert all(layer_mask(model, g.layer)[u] == 1 for u in g.units)
+        assert g.score == sum(float(scores[g.layer][u]) for u in g.units)
+    # MLP block 1 keeps 14 units: groups of 8 -> one prunable group (the top group is protected)
+    assert len(by_layer[("MLP", 1)]) == 1 and sorted(by_layer[("MLP", 1)][0].units) == list(range(16, 24))
+    assert ("H", 0) in by_layer and len(by_layer[("H", 0)]) == 1  # 2 heads kept, one prunable
+    savings = apply_latency_term(groups, lambda layer, n: 10.0 * n, eta=0.5)
+    assert all(g.ranked == g.score - 0.5 * 10.0 * len(g.units) for g in savings)
+    assert calibrate_eta(groups, 1.0) > 0
+
+
+def test_uniform_counts_and_prune_to_counts():
+    model = tiny()
+    counts = uniform_keep_counts(model, 0.5, (4, 1, 2, 2, 8))
+    assert counts[("EMB", None)] == 8 and counts[("H", 0)] == 2 and counts[("QK", 0)] == 2
+    assert counts[("V", 1)] == 4 and counts[("MLP", 0)] == 16  # 12 units = 1.5 groups of 8, rounded to 2 groups
+    scores = {k: torch.rand(len(layer_mask(model, k)), dtype=torch.float64) for k in layers(model)}
+    prune_to_counts(model, scores, counts)
+    for k, c in counts.items():
+        assert int(layer_mask(model, k).sum()) == c
+        kept = layer_mask(model, k).bool()
+        assert scores[k][kept].min() >= scores[k][~kept].max()
+    fr = kept_fractions(model)
+    assert fr["EMB"] == 0.5 and fr["MLP"] == pytest.approx(16 / 24)

@@ -1,0 +1,126 @@
+"""The iterative pruner, and the `paper` preset's code paths at tiny scale (timm test ViTs, random weights)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+from common.data import DatasetNotFoundError
+from nvit import config
+from nvit.latency import analytic_table, measured_table
+from nvit.models import export_pruned, from_timm, load_pruned, to_dense
+from nvit.prune import PruneSettings, prune
+from nvit.reproduce import NVIT, check_inputs, method_labels, settings_for
+
+
+def stream(shape, classes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield torch.randn(8, *shape, generator=g), torch.randint(0, classes, (8,), generator=g)
+
+
+def tiny_lut(model):
+    d = model.dims
+    grid = ((4, d.emb), (1, max(d.heads)), (1, max(d.qk)), (1, max(d.v)), (1, max(d.mlp)))
+    return analytic_table(grid, tokens=d.tokens, head_cost=50.0, block_cost=10.0)
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_pruner_reaches_each_target_with_snapshots(allocation):
+    from tests.nvit.test_models import tiny
+
+    model = tiny()
+    teacher = tiny().eval()
+    lut = tiny_lut(model)
+    s = PruneSettings(allocation=allocation, group_sizes=(2, 1, 1, 1, 4), groups_per_step=3, interval=2,
+                      max_steps=60, targets=(0.7, 0.4), eta=5.0, bonus_floor=(1, 1, 1, 4))  # fmt: skip
+    run = prune(model, teacher, stream((2, 8, 8), 5), s, lut, device=torch.device("cpu"), kd=config.KDConfig())
+    assert run.reached_all and [sn.target for sn in run.snapshots] == [0.7, 0.4]
+    dense_lat = lut.model_latency(teacher.dims)
+    for sn in run.snapshots:
+        assert lut.model_latency(sn.dims) / dense_lat <= sn.target + 1e-9
+        assert sn.batches == 2 * sn.step
+        assert min(sn.dims.heads) >= 1 and sn.dims.emb >= 2
+    # weights of the final model respect its masks, and it converts exactly
+    x = torch.randn(3, 2, 8, 8)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), to_dense(model).eval()(x), rtol=1e-5, atol=1e-6)
+
+
+def test_paper_preset_code_paths_on_a_timm_test_vit(tmp_path):
+    timm = pytest.importorskip("timm")
+    cfg = config.paper()
+    tm = timm.create_model("test_vit", pretrained=False, img_size=32, num_classes=10).eval()
+    model = from_timm(tm)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), tm(x), rtol=1e-5, atol=1e-5)
+    s = settings_for(cfg, NVIT, (0.01,))
+    assert s.group_sizes == (16, 2, 8, 8, 16) and s.eta == 5e-4 and s.eta_mode == "absolute"
+    assert s.lr == pytest.approx(1e-4) and s.bonus_floor == (2, 8, 8, 16)
+    s = dataclasses.replace(s, interval=1, max_steps=1)
+    d = model.dims
+    lut = measured_table(((32, 64), (1, 2), (16, 32), (16, 32), (96, 192)), tokens=d.tokens, batch_size=2,
+                         repeats=1, warmup=0)  # fmt: skip
+    teacher = from_timm(tm).eval()
+    run = prune(model, teacher, stream((3, 32, 32), 10), s, lut, device=torch.device("cpu"), kd=cfg.kd)
+    assert len(run.history) == 1 and not run.snapshots
+    removed = sum(t.numel() - int(t.sum()) for ts in model.structure_masks().values() for t in ts)
+    assert removed > 0  # two groups (of 16 EMB, 2 heads, 8 QK, 8 V or 16 MLP units) went
+    small = to_dense(model).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+    loaded = load_pruned(export_pruned(model, tmp_path / "nvit.pt")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small(x))
+
+
+def test_distilled_model_with_cnn_teacher_one_step():
+    timm = pytest.importorskip("timm")
+    tm = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=10)
+    model = from_timm(tm.eval())
+    cnn = timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
+    kd = config.paper().kd
+    s = PruneSettings(group_sizes=(16, 1, 8, 8, 16), groups_per_step=2, interval=1, max_steps=1, targets=(0.01,),
+                      kl_coeff=kd.prune_kl_coeff, tau=kd.prune_tau)  # fmt: skip
+    run = prune(model, from_timm(tm).eval(), stream((3, 32, 32), 10), s, tiny_lut(model), device=torch.device("cpu"),
+                kd=kd, cnn_teacher=cnn)  # fmt: skip
+    assert len(run.history) == 1 and torch.isfinite(torch.tensor(run.history[0]["loss"]))
+
+
+def test_paper_preset_says_what_is_missing():
+    with pytest.raises(DatasetNotFoundError, match=r"data\.root"):
+        check_inputs(config.paper())
+    cfg = dataclasses.replace(config.mini(), dense=dataclasses.replace(config.mini().dense, epochs=0))
+    with pytest.raises(FileNotFoundError, match="pretrained_path"):
+        check_inputs(cfg)
+
+
+def test_method_runs_of_the_presets():
+    labels = [label for label, _ in method_labels(config.mini())]
+    assert labels[0] == NVIT and "uniform" in labels and "magnitude" in labels and "η=0" in labels
+    mini = config.mini()
+    assert len(mini.seeds) >= 3 and len(mini.prune.latency_targets) >= 2
+    assert mini.finetune.scratch_baseline and mini.prune.kd_budget_batches > 0
+    assert next(itertools.islice(stream((1, 2, 2), 3), 1))[0].shape == (8, 1, 2, 2)
+
+
+def test_mixup_and_amp_paths_of_the_paper_preset():
+    from nvit.train import make_mixup, train_steps
+    from tests.nvit.test_models import tiny
+
+    cfg = config.paper()
+    mixup = make_mixup(cfg.data, num_classes=5)
+    assert mixup is not None and make_mixup(config.mini().data, num_classes=5) is None
+    model, teacher = tiny(), tiny().eval()
+    s = PruneSettings(group_sizes=(2, 1, 1, 1, 4), groups_per_step=2, interval=2, max_steps=1, targets=(0.01,))
+    run = prune(model, teacher, stream((2, 8, 8), 5), s, tiny_lut(model), device=torch.device("cpu"),
+                kd=config.KDConfig(), mixup=mixup, amp=True)  # fmt: skip
+    assert len(run.history) == 1
+    losses = train_steps(model, stream((2, 8, 8), 5), 2, lr=1e-3, weight_decay=0.05, device=torch.device("cpu"),
+                         teacher=teacher, kl_coeff=1.0, tau=2.0, mixup=mixup, amp=True)  # fmt: skip
+    assert all(torch.isfinite(torch.tensor(losses)))
