@@ -1,8 +1,14 @@
-"""``python -m diffusehigh {reproduce,report,presets}``; ``--help`` explains each."""
-
 from common.cli import main
 
 from . import config, reproduce
 
 if __name__ == "__main__":
-    raise SystemExit(main("diffusehigh", presets=config.PRESETS, run=reproduce.run, report=reproduce.report))
+    raise SystemExit(
+        main(
+            "diffusehigh",
+            presets=config.PRESETS,
+            run=reproduce.run,
+            report=reproduce.report,
+            commands={"train": reproduce.TRAIN_COMMAND},
+        )
+    )

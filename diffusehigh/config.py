@@ -116,9 +116,11 @@ class BaseModelConfig:
 class TrainConfig:
     """Training of the pixel-space base model (pixel_unet only; cached by config)."""
 
-    steps: int = param(3000, "optimizer steps at the base resolution (0 = backbone is pretrained, e.g. SDXL)")
+    steps: int = param(4000, "optimizer steps at the base resolution (0 = backbone is pretrained, e.g. SDXL)")
     batch_size: int = param(24, "images per step")
-    lr: float = param(5e-4, "AdamW learning rate")
+    lr: float = param(5e-4, "AdamW peak learning rate (linear warm-up, then cosine decay to 0)")
+    warmup_steps: int = param(100, "linear learning-rate warm-up steps")
+    ema_decay: float = param(0.999, "decay of the exponential moving average of the weights that is sampled from")
     hflip: bool = param(True, "random horizontal flips")
     seed: int = param(0, "training seed; one model is trained and shared by all sampling seeds")
 
@@ -161,9 +163,11 @@ class MetricsConfig:
 class AblationConfig:
     """Extra conditions; each grid varies one StageConfig field around its default."""
 
-    baselines: tuple[Literal["direct", "bicubic"], ...] = param(
+    baselines: tuple[Literal["direct", "bicubic", "sdedit"], ...] = param(
         ("direct", "bicubic"),
-        "direct: sample from noise at the target resolution; bicubic: interpolate the base image only",
+        "direct: sample from noise at the target resolution; bicubic: interpolate the base image only; sdedit: "
+        "the same stages without DWT guidance (always run by the pixel presets; paper preset only when listed, "
+        "as direct: both cost a full SDXL run per image, direct at the target size)",
     )
     scale_factors: tuple[float, ...] = param(
         (2.0,), "stages the one-factor grids below run at (the full default stages are always run)"
@@ -185,9 +189,20 @@ class DiffuseHighConfig:
     sdxl_path: str = param(
         "", "local diffusers directory of stable-diffusion-xl-base-1.0 (paper preset; loaded offline)"
     )
-    prompts_path: str = param("", "text file, one prompt per line (paper preset); empty = the README's examples")
+    prompts_path: str = param(
+        "",
+        "text file, one prompt per line (paper preset; cycled up to num_samples images, a new seed each); "
+        "empty = the official demo prompt",
+    )
     metric_weights_path: str = param(
-        "", "local directory with Inception/CLIP weights for FID/KID/IS/CLIP (paper preset); empty = skip them"
+        "",
+        "local directory with Inception/CLIP weights for FID/KID/IS/CLIP (paper preset); the metrics themselves "
+        "are not implemented yet (a warning is logged)",
+    )
+    save_images: int = param(
+        0,
+        "paper preset: write every stage's output (e.g. 2048^2, 3072^2 and 4096^2) and the base image of the first N "
+        "prompts as PNG under <results>/diffusehigh/<preset>/images/ (large files; not for committing)",
     )
     model: BaseModelConfig = param(BaseModelConfig(), "the pretrained generator and base-image sampling")
     stages: StageConfig = param(StageConfig(), "the DiffuseHigh stages (released defaults)")
@@ -200,21 +215,21 @@ class DiffuseHighConfig:
 def smoke() -> DiffuseHighConfig:
     """Seconds on a CPU: a tiny pixel UNet, a few steps, one 2x stage; checks the plumbing, not the claims.
 
-    Command: ``make reproduce-diffusehigh PRESET=smoke``. Hardware: any CPU. Time: < 60 s.
-    Targets: nothing in the paper; used by the tests.
+    Command: ``make reproduce-diffusehigh PRESET=smoke``. Hardware: any CPU. Time: ~10 s measured (1 thread,
+    shared 2-core machine), training included. Targets: nothing in the paper; used by the tests.
     """
     return DiffuseHighConfig(
         seeds=(0,),
         num_samples=4,
         model=BaseModelConfig(resolution=16, num_inference_steps=10, block_out_channels=(8, 16), norm_num_groups=4),
         stages=StageConfig(scale_factors=(2.0,), stage_steps=5, dwt_steps=2),
-        train=TrainConfig(steps=30, batch_size=8),
+        train=TrainConfig(steps=30, batch_size=8, warmup_steps=5),
         data=DataConfig(num_train_images=64, num_reference_images=8),
-        metrics=MetricsConfig(kid_feature_steps=0, patch_size=16),
+        metrics=MetricsConfig(kid_feature_steps=20, patch_size=16),
         ablation=AblationConfig(
             scale_factors=(2.0,),
             dwt_steps=(0,),
-            sharpening_alpha=(0.0,),
+            sharpening_alpha=(0.0, 1.0),
             noise_sigma=(),
             dwt_wave=(),
             dwt_level=(),
@@ -226,16 +241,19 @@ def smoke() -> DiffuseHighConfig:
 def mini() -> DiffuseHighConfig:
     """The default: a pixel UNet trained at 32x32 on textured disks, taken to 2x and 4x by DiffuseHigh.
 
-    Command: ``make reproduce-diffusehigh``. Hardware: 2-core CPU. Time budget: <= 30 min including
-    training (10-25 min of it training the 0.64M-parameter UNet for 3,000 steps at 0.2-0.5 s/step),
-    <= 10 min when the trained model is cached (estimates from the research notes' pilot, not yet measured).
-    Targets: the paper's qualitative claims, not its tables (which could not be read): direct sampling
-    above the training resolution repeats objects and DiffuseHigh does not; the DWT guidance keeps the
-    low-resolution structure better than plain noising-denoising; it adds detail that interpolation lacks;
-    progressive vs one jump; sharpening; cost vs direct high-resolution sampling. Stages 32 -> 64 -> 128,
-    2 sampling seeds x 32 images; stage settings as released, the noise level matched in sigma.
+    Command: ``make reproduce-diffusehigh``. Hardware: 2-core CPU. Measured on the shared 2-core machine with one
+    torch thread (another job running beside it): training the 0.64M-parameter UNet for 4,000 steps took 19 min
+    wall (~14.5 CPU-min, 0.22 CPU-s/step; ``python -m diffusehigh train --preset mini``), and the reproduction
+    with the trained model took 9.1 min (after the sampler fix; 10 s of it training the KID feature CNN). The
+    weights are committed (checkpoints/mini_unet.safetensors), so a fresh clone skips training. Expected on an
+    idle 2-core machine: <= ~25 min including training with one thread, less with two (not measured).
+    Targets: the paper's qualitative claims, not its tables (which could
+    not be read): direct sampling above the training resolution repeats objects and DiffuseHigh does not; the
+    DWT guidance keeps the low-resolution structure better than plain noising-denoising; it adds detail that
+    interpolation lacks; progressive vs one jump; sharpening; cost vs direct high-resolution sampling. Stages
+    32 -> 64 -> 128, 2 sampling seeds x 24 images; stage settings as released, the noise level matched in sigma.
     """
-    return DiffuseHighConfig(stages=StageConfig(scale_factors=(2.0, 4.0)))
+    return DiffuseHighConfig(num_samples=24, stages=StageConfig(scale_factors=(2.0, 4.0)))
 
 
 def paper() -> DiffuseHighConfig:
@@ -252,6 +270,7 @@ def paper() -> DiffuseHighConfig:
     return DiffuseHighConfig(
         seeds=(0,),
         num_samples=1000,
+        save_images=4,
         model=BaseModelConfig(
             backbone="sdxl",
             resolution=1024,

@@ -1,0 +1,316 @@
+"""The DiffuseHigh algorithm, independent of the backbone (pixel UNet here, SDXL in :mod:`diffusehigh.pipeline`).
+
+Everything runs in the variance-exploding parameterisation z = x0 + sigma * eps of diffusers' Euler scheduler
+(a VP model's x_t is sqrt(alpha_bar) * z with sigma = sqrt((1 - alpha_bar) / alpha_bar)). A backbone supplies
+
+* ``denoise(z, sigma, t) -> (x0_hat, eps_hat)``: the predicted clean sample (classifier-free guidance and any
+  clipping included) and the model's raw noise prediction; a denoiser may return x0_hat alone, and then
+  eps_hat = (z - x0_hat) / sigma (the same thing when x0_hat is not clipped, as for SDXL),
+* ``encode(image) -> z0`` and ``decode(z0) -> image``: identity for a pixel model, the VAE for SDXL,
+
+and the sampler is deterministic DDIM (eta = 0) / Euler:
+
+* unguided steps: z' = x0_hat + sigma' * eps_hat, with the model's raw eps_hat, i.e. diffusers' DDIMScheduler
+  default (``use_clipped_model_output=False``: x0 clipped, eps not recomputed). Without clipping this is exactly
+  the released code's Euler step z + (z - x0_hat) / sigma * (sigma' - sigma).
+* DWT-guided steps: z' = x0_g + sigma' * (z - x0_g) / sigma, i.e. eps rebuilt from the guided x0_g, as the
+  released code's Euler step does (it overwrites the model's x0 by the guided one before the step).
+
+One stage (paper Sec. 3; notes 2.3-2.7): upsample the previous image in pixel space -> sharpen (unsharp mask)
+-> LL_g = low-pass DWT subband of the sharpened guide -> encode -> noise to sigma_tau -> run the remaining steps,
+replacing the LL subband of the decoded x0_hat by LL_g during the first ``dwt_steps`` steps. ``dwt_steps = 0``
+is plain SDEdit (interpolate + noise + denoise).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import dwt as dwt_lib
+from .config import StageConfig
+
+Denoise = Callable[[torch.Tensor, float, int], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
+Codec = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------
+# Noise levels
+
+
+@dataclass(frozen=True)
+class NoiseLevels:
+    """A sampler grid: ``timesteps[i]`` is evaluated at ``sigmas[i]``; ``sigmas`` has one more entry (the end)."""
+
+    timesteps: tuple[int, ...]
+    sigmas: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.sigmas) != len(self.timesteps) + 1:
+            raise ValueError("sigmas needs one entry more than timesteps (the level the last step ends at)")
+        if any(b > a for a, b in itertools.pairwise(self.sigmas)):
+            raise ValueError(f"sigmas must not increase: {self.sigmas}")
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+
+def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) for every training timestep."""
+    a = alphas_cumprod.double()
+    return ((1 - a) / a).sqrt()
+
+
+def ddim_levels(alphas_cumprod: torch.Tensor, num_inference_steps: int) -> NoiseLevels:
+    """The DDIM grid ("leading" spacing, as diffusers' DDIMScheduler): t = (n-1)k, ..., k, 0 with k = T // n,
+    ending at sigma = 0 (``set_alpha_to_one``)."""
+    total = len(alphas_cumprod)
+    if not 1 <= num_inference_steps <= total:
+        raise ValueError(f"num_inference_steps must be in [1, {total}], got {num_inference_steps}")
+    step = total // num_inference_steps
+    timesteps = [i * step for i in reversed(range(num_inference_steps))]
+    sig = sigmas_from_alphas_cumprod(alphas_cumprod)
+    return NoiseLevels(tuple(timesteps), (*[float(sig[t]) for t in timesteps], 0.0))
+
+
+def levels_from_sigma(alphas_cumprod: torch.Tensor, noise_sigma: float, steps: int) -> NoiseLevels:
+    """A stage grid for a discrete-time model that starts at the noise level ``noise_sigma``.
+
+    t0 is the training timestep whose sigma is closest to ``noise_sigma`` (SDXL's 0.7789 is t ~ 215 on a
+    DDPM-linear schedule, not 281: notes 2.5); the ``steps`` timesteps are evenly spaced from t0 to 0.
+    """
+    if steps < 1 or noise_sigma <= 0:
+        raise ValueError(f"need steps >= 1 and noise_sigma > 0, got {steps}, {noise_sigma}")
+    sig = sigmas_from_alphas_cumprod(alphas_cumprod)
+    t0 = int(torch.argmin((sig - noise_sigma).abs()))
+    if steps > t0 + 1:
+        raise ValueError(f"{steps} steps do not fit below t0={t0} (sigma {noise_sigma}); use fewer stage steps")
+    timesteps = [round(t) for t in torch.linspace(t0, 0, steps).tolist()]
+    return NoiseLevels(tuple(timesteps), (*[float(sig[t]) for t in timesteps], 0.0))
+
+
+def euler_stage_levels(scheduler, num_inference_steps: int, noising_steps: int) -> NoiseLevels:
+    """The released code's stage grid: the last ``noising_steps`` of an ``num_inference_steps`` Euler grid.
+
+    With SDXL's EulerDiscreteScheduler config and 15 of 50 steps: t = 281, 261, ..., 1 and sigma_0 = 0.7789.
+    """
+    if not 1 <= noising_steps <= num_inference_steps:
+        raise ValueError(f"noising_steps must be in [1, {num_inference_steps}], got {noising_steps}")
+    scheduler.set_timesteps(num_inference_steps)
+    timesteps = [int(t) for t in scheduler.timesteps[-noising_steps:]]
+    sigmas = [float(s) for s in scheduler.sigmas[-(noising_steps + 1) :]]
+    return NoiseLevels(tuple(timesteps), tuple(sigmas))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sharpening
+
+
+def gaussian_kernel1d(kernel_size: int, sigma: float) -> torch.Tensor:
+    """The normalised 1-D Gaussian of odd ``kernel_size`` (torchvision's GaussianBlur uses the same taps)."""
+    if kernel_size < 1 or kernel_size % 2 == 0 or sigma <= 0:
+        raise ValueError(f"need an odd kernel_size >= 1 and sigma > 0, got {kernel_size}, {sigma}")
+    half = (kernel_size - 1) / 2
+    x = torch.linspace(-half, half, kernel_size, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of images ``(B, C, H, W)`` with reflect padding (as torchvision)."""
+    k = gaussian_kernel1d(kernel_size, sigma).to(device=x.device, dtype=x.dtype)
+    pad = kernel_size // 2
+    channels = x.shape[1]
+    y = F.pad(x, (pad, pad, 0, 0), mode="reflect") if pad else x
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    y = F.pad(y, (0, 0, pad, pad), mode="reflect") if pad else y
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def draw_sigma(sigma: float | Sequence[float], generator: torch.Generator | None) -> float:
+    """A fixed sigma, or one drawn uniformly from ``(low, high)`` with ``generator`` (not the global RNG)."""
+    if isinstance(sigma, (int, float)):
+        return float(sigma)
+    low, high = float(sigma[0]), float(sigma[1])
+    if low == high:
+        return low
+    device = generator.device if generator is not None else "cpu"
+    u = float(torch.rand((), generator=generator, device=device))
+    return low + (high - low) * u
+
+
+def sharpen(
+    x: torch.Tensor,
+    alpha: float,
+    kernel_size: int = 3,
+    sigma: float | Sequence[float] = (0.1, 2.0),
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Unsharp mask x + alpha * (x - G_sigma(x)) (notes 2.4); returns the image and the sigma used.
+
+    sigma is drawn even when alpha = 0, so the random stream (and so everything after) does not depend on alpha.
+    """
+    s = draw_sigma(sigma, generator)
+    if alpha == 0:
+        return x.clone(), s
+    return x + alpha * (x - gaussian_blur(x, kernel_size, s)), s
+
+
+def upsample(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """Pixel-space interpolation (released code: bicubic, align_corners=False; no clamping)."""
+    if mode not in ("bicubic", "bilinear", "nearest"):
+        raise ValueError(f"upsample mode must be bicubic, bilinear or nearest, got {mode!r}")
+    kwargs = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(x, size=tuple(size), mode=mode, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def _randn(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(like.device, like.dtype)
+
+
+def euler_step(z: torch.Tensor, x0: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """Deterministic Euler step of the probability-flow ODE: z + (z - x0) / sigma * (sigma_next - sigma).
+
+    Equals DDIM with eps rebuilt from ``x0`` (used for the DWT-guided steps)."""
+    return x0 + (sigma_next / sigma) * (z - x0)
+
+
+def ddim_step(x0: torch.Tensor, eps: torch.Tensor, sigma_next: float) -> torch.Tensor:
+    """DDIM (eta = 0) step with the model's own eps: z' = x0 + sigma_next * eps (diffusers' default)."""
+    return x0 if sigma_next == 0 else x0 + sigma_next * eps
+
+
+def predict(denoise: Denoise, z: torch.Tensor, sigma: float, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0_hat, eps_hat) from a denoiser returning both, or x0_hat only (then eps_hat = (z - x0_hat) / sigma)."""
+    out = denoise(z, sigma, t)
+    if isinstance(out, tuple):
+        return out
+    return out, (z - out) / sigma
+
+
+def sample(
+    denoise: Denoise,
+    shape: Sequence[int],
+    levels: NoiseLevels,
+    generator: torch.Generator | None,
+    device: torch.device | str = "cpu",
+    decode: Codec = _identity,
+) -> torch.Tensor:
+    """Plain sampling from noise (the base image, and the "direct" high-resolution baseline).
+
+    Starts at z = eps * sqrt(1 + sigma_0^2), i.e. x_T = eps for a VP model, as DDIM and SDXL's Euler do.
+    """
+    like = torch.empty(0, device=device)
+    z = _randn(tuple(shape), generator, like) * math.sqrt(1 + levels.sigmas[0] ** 2)
+    for i, t in enumerate(levels.timesteps):
+        x0, eps = predict(denoise, z, levels.sigmas[i], t)
+        z = ddim_step(x0, eps, levels.sigmas[i + 1])
+    return decode(z)
+
+
+@dataclass
+class StageInfo:
+    """What one stage did: the sharpening sigma drawn and the number of guided steps."""
+
+    size: tuple[int, int]
+    sharpening_sigma: float
+    guided_steps: int
+    start_sigma: float
+    steps: int
+
+
+def diffusehigh_stage(
+    previous: torch.Tensor,
+    size: tuple[int, int],
+    denoise: Denoise,
+    levels: NoiseLevels,
+    stage: StageConfig,
+    generator: torch.Generator | None = None,
+    encode: Codec = _identity,
+    decode: Codec = _identity,
+    clip_range: tuple[float, float] | None = None,
+    guidance_factor: float = 1.0,
+) -> tuple[torch.Tensor, StageInfo]:
+    """One DiffuseHigh stage from the previous stage's image (pixel space) to an image of ``size``.
+
+    ``levels`` starts at the stage's noise level (``levels.sigmas[0]``); ``stage`` gives the upsampling,
+    sharpening, DWT and re-noising settings (its ``noise_sigma``/``stage_steps`` are only used to build
+    ``levels`` by the caller). ``clip_range`` clamps the guided image (pixel models: (-1, 1)).
+
+    The first ``min(dwt_steps, len(levels))`` steps are guided: x0_g = decode(x0_hat) with the guide's LL band,
+    then the Euler step with eps rebuilt from x0_g (released code). The other steps are plain DDIM with the
+    model's eps (see the module docstring). ``renoise="fresh"`` (old research code) replaces the guided steps'
+    Euler step by x0_g + sigma' * fresh noise; unguided steps stay deterministic.
+    """
+    if stage.dwt_steps < 0:
+        raise ValueError(f"dwt_steps must be >= 0, got {stage.dwt_steps}")
+    guide = upsample(previous, size, stage.upsample_mode)
+    guide, used_sigma = sharpen(
+        guide, stage.sharpening_alpha, stage.sharpening_kernel_size, stage.sharpening_sigma, generator
+    )
+    guided = min(stage.dwt_steps, len(levels))
+    guide_ll = dwt_lib.lowpass(guide, stage.dwt_wave, stage.dwt_level, stage.dwt_mode) if guided else None
+    z0 = encode(guide)
+    z = z0 + levels.sigmas[0] * _randn(z0.shape, generator, z0)
+    if stage.renoise not in ("deterministic", "fresh"):
+        raise ValueError(f"renoise must be 'deterministic' or 'fresh', got {stage.renoise!r}")
+    for i, t in enumerate(levels.timesteps):
+        sigma, sigma_next = levels.sigmas[i], levels.sigmas[i + 1]
+        x0, eps = predict(denoise, z, sigma, t)
+        if i < guided:
+            image = dwt_lib.lowpass_swap(
+                decode(x0), guide_ll, stage.dwt_wave, stage.dwt_level, stage.dwt_mode, guidance_factor
+            )
+            if clip_range is not None:
+                image = image.clamp(*clip_range)
+            x0 = encode(image)
+            if stage.renoise == "fresh" and sigma_next > 0:
+                z = x0 + sigma_next * _randn(z.shape, generator, z)
+            else:
+                z = euler_step(z, x0, sigma, sigma_next)
+        else:
+            z = ddim_step(x0, eps, sigma_next)
+    info = StageInfo(tuple(size), used_sigma, guided, levels.sigmas[0], len(levels))
+    return decode(z), info
+
+
+def stage_sizes(base: tuple[int, int], scale_factors: Sequence[float]) -> list[tuple[int, int]]:
+    """Target (H, W) of each stage: round(base * factor); factors must increase."""
+    if any(b <= a for a, b in itertools.pairwise(scale_factors)) or not scale_factors or scale_factors[0] <= 0:
+        raise ValueError(f"scale_factors must be positive and increasing, got {tuple(scale_factors)}")
+    return [(round(base[0] * f), round(base[1] * f)) for f in scale_factors]
+
+
+def diffusehigh(
+    base_image: torch.Tensor,
+    denoise: Denoise,
+    levels: NoiseLevels,
+    stage: StageConfig,
+    generator: torch.Generator | None = None,
+    encode: Codec = _identity,
+    decode: Codec = _identity,
+    clip_range: tuple[float, float] | None = None,
+) -> tuple[list[torch.Tensor], list[StageInfo]]:
+    """The progressive pipeline: one :func:`diffusehigh_stage` per ``stage.scale_factors`` entry, each guided
+    by the previous stage's output. Returns every stage's image (the last is the result) and its info."""
+    sizes = stage_sizes(tuple(base_image.shape[-2:]), stage.scale_factors)
+    images, infos, current = [], [], base_image
+    for size in sizes:
+        current, info = diffusehigh_stage(current, size, denoise, levels, stage, generator, encode, decode, clip_range)
+        images.append(current)
+        infos.append(info)
+    return images, infos

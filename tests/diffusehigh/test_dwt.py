@@ -1,0 +1,72 @@
+"""DWT wrappers (ptwt) against PyWavelets, shapes, perfect reconstruction and the low-pass swap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pywt
+import torch
+
+from diffusehigh import dwt
+
+
+@pytest.mark.parametrize("n", [32, 64, 96, 128])
+def test_db4_level1_symmetric_maps_n_to_n_plus_7_over_2(n):
+    ll = dwt.lowpass(torch.rand(1, 3, n, n))
+    assert ll.shape == (1, 3, (n + 7) // 2, (n + 7) // 2)
+
+
+def test_sdxl_2048_gives_a_1027_low_band():
+    assert dwt.lowpass(torch.rand(1, 1, 2048, 2048)).shape[-2:] == (1027, 1027)
+
+
+@pytest.mark.parametrize("wave,level", [("db4", 1), ("db4", 2), ("haar", 1), ("sym4", 1)])
+def test_coefficients_and_inverse_match_pywavelets(wave, level):
+    x = torch.rand(2, 3, 40, 36)
+    ours = dwt.dwt2(x, wave, level, "symmetric")
+    ref = pywt.wavedec2(x.numpy(), wave, mode="symmetric", level=level, axes=(-2, -1))
+    np.testing.assert_allclose(ours[0].numpy(), ref[0], atol=1e-5)
+    for bands, ref_bands in zip(ours[1:], ref[1:], strict=True):
+        for a, b in zip(bands, ref_bands, strict=True):
+            np.testing.assert_allclose(a.numpy(), b, atol=1e-5)
+    rec = dwt.idwt2(ours, x.shape[-2:], wave)
+    ref_rec = pywt.waverec2(ref, wave, mode="symmetric", axes=(-2, -1))[..., :40, :36]
+    np.testing.assert_allclose(rec.numpy(), ref_rec, atol=1e-5)
+
+
+@pytest.mark.parametrize("wave", ["db4", "haar"])
+def test_perfect_reconstruction(wave):
+    x = torch.randn(2, 3, 64, 48)
+    assert (dwt.idwt2(dwt.dwt2(x, wave), (64, 48), wave) - x).abs().max() < 1e-5
+
+
+def test_haar_swap_puts_the_guide_low_band_in_place_exactly_and_keeps_high_bands():
+    guide, pred = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    ll = dwt.lowpass(guide, "haar")
+    out = dwt.lowpass_swap(pred, ll, "haar")
+    after, before = dwt.dwt2(out, "haar"), dwt.dwt2(pred, "haar")
+    assert (after[0] - ll).abs().max() < 1e-6
+    for a, b in zip(after[1], before[1], strict=True):
+        assert (a - b).abs().max() < 1e-6
+
+
+def test_db4_swap_is_exact_away_from_the_boundary_and_equals_pywavelets_swap():
+    guide, pred = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    ll = dwt.lowpass(guide)
+    out = dwt.lowpass_swap(pred, ll)
+    residual = dwt.lowpass(out) - ll
+    assert residual[..., 4:-4, 4:-4].abs().max() < 1e-5  # boundary coefficients are not idempotent for db4
+    ref_pred = pywt.wavedec2(pred.numpy(), "db4", mode="symmetric", level=1, axes=(-2, -1))
+    ref = pywt.waverec2([ll.numpy(), ref_pred[1]], "db4", mode="symmetric", axes=(-2, -1))
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-5)
+
+
+def test_partial_guidance_factor_and_shape_errors():
+    guide, pred = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    ll = dwt.lowpass(guide, "haar")
+    half = dwt.lowpass(dwt.lowpass_swap(pred, ll, "haar", factor=0.5), "haar")
+    assert torch.allclose(half, 0.5 * (ll + dwt.lowpass(pred, "haar")), atol=1e-6)
+    with pytest.raises(ValueError, match="does not match"):
+        dwt.lowpass_swap(pred, ll[..., :-1], "haar")
+    with pytest.raises(ValueError, match="unknown discrete wavelet"):
+        dwt.lowpass(pred, "nope")
