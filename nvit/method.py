@@ -154,7 +154,12 @@ class SaliencyAccumulator:
 
 @dataclass
 class Group:
-    """Consecutive units of one layer in score order (NViT's group_criteria); ``score`` sums theirs."""
+    """Consecutive units of one layer in score order (NViT's group_criteria); ``score`` sums theirs.
+
+    The sum is what the official code does for its Hessian score; it is used for every criterion here, so a
+    magnitude group's score is the sum of its units' L2 norms (larger groups score higher). The random
+    baseline replaces it by one draw per group (:func:`redraw_random_scores`).
+    """
 
     layer: Layer
     units: list[int]
@@ -180,6 +185,17 @@ def make_groups(model: FlexViT, scores: dict[Layer, torch.Tensor], group_sizes: 
         for chunk in chunks[:-1]:
             s = float(sum(float(score[u]) for u in chunk))
             groups.append(Group(layer=layer, units=chunk, score=s, ranked=s))
+    return groups
+
+
+def redraw_random_scores(groups: list[Group], gen: torch.Generator | None = None) -> list[Group]:
+    """The random baseline: one uniform draw per group, so that a group's chance does not depend on its size.
+
+    (Summing per-unit draws would give an MLP group of 16 units a score near 8 and a head near 0.5.)
+    """
+    draws = torch.rand(len(groups), generator=gen, dtype=torch.float64).tolist()
+    for grp, r in zip(groups, draws, strict=True):
+        grp.score = grp.ranked = r
     return groups
 
 

@@ -385,6 +385,11 @@ def from_timm(timm_model: nn.Module) -> FlexViT:
     if getattr(m, "no_embed_class", False) or not isinstance(getattr(m, "fc_norm", nn.Identity()), nn.Identity):
         raise ValueError("timm ViTs with no_embed_class or fc_norm are not supported")
     blk = m.blocks[0]
+    if getattr(blk.attn.qkv, "bias", None) is None:
+        raise ValueError(
+            "timm ViTs without qkv bias (qkv_bias=False) are not supported: FlexViT's q/k/v layers have biases; "
+            "create the timm model with qkv_bias=True or add zero biases to its state dict"
+        )
     for name in ("ls1", "ls2"):
         if not isinstance(getattr(blk, name, nn.Identity()), nn.Identity):
             raise ValueError("timm ViTs with layer scale are not supported")

@@ -31,6 +31,7 @@ from .method import (
     make_groups,
     prune_to_counts,
     prune_units,
+    redraw_random_scores,
     uniform_keep_counts,
 )
 from .models import FlexViT, ViTDims, vit_macs
@@ -60,6 +61,8 @@ class PruneSettings:
     uniform_step: float = 0.05
     kl_coeff: float = 1.0
     tau: float = 2.0
+    target_metric: Literal["latency", "flops"] = "latency"
+    """What ``targets`` are fractions of: the LUT latency or the MACs of the dense model."""
 
 
 @dataclass
@@ -88,6 +91,8 @@ class PruneRun:
     history: list[dict] = field(default_factory=list)
     eta: float = 0.0
     reached_all: bool = False
+    negative_fraction: float | None = None
+    """Share of the groups whose Eq. 7 score I_S − η·ΔLat is negative at the first step (latency-dominated)."""
 
 
 def uniform_dims(dense: ViTDims, counts: dict) -> ViTDims:
@@ -101,13 +106,13 @@ def uniform_dims(dense: ViTDims, counts: dict) -> ViTDims:
     )  # fmt: skip
 
 
-def uniform_ratio_for(model: FlexViT, lut: LatencyTable, target_latency: float, group_sizes) -> float:
-    """The largest keep ratio whose uniform dims are at or below ``target_latency`` (bisection on the LUT)."""
+def uniform_ratio_for(model: FlexViT, cost, target: float, group_sizes) -> float:
+    """The largest keep ratio whose uniform dims cost at most ``target`` (bisection; ``cost(dims)``: LUT or MACs)."""
     lo, hi = 0.0, 1.0
     for _ in range(30):
         mid = (lo + hi) / 2
-        lat = lut.model_latency(uniform_dims(model.dims, uniform_keep_counts(model, mid, group_sizes)))
-        lo, hi = (mid, hi) if lat <= target_latency else (lo, mid)
+        c = cost(uniform_dims(model.dims, uniform_keep_counts(model, mid, group_sizes)))
+        lo, hi = (mid, hi) if c <= target else (lo, mid)
     return lo
 
 
@@ -126,7 +131,8 @@ def prune(
     mixup=None,
     amp: bool = False,
 ) -> PruneRun:
-    """Prune ``model`` in place until its LUT latency is at most every target × the dense latency.
+    """Prune ``model`` in place until its LUT latency (or MACs, ``target_metric="flops"``) is at most every target ×
+    the dense model's.
 
     Returns the snapshots (one per target, in decreasing order of target) and a per-step history.
     """
@@ -134,10 +140,15 @@ def prune(
     dense_dims = model.dims
     dense_lat = lut.model_latency(dense_dims)
     dense_macs = vit_macs(dense_dims)
+    if s.target_metric not in ("latency", "flops"):
+        raise ValueError(f"target_metric must be 'latency' or 'flops', got {s.target_metric!r}")
+    cost = vit_macs if s.target_metric == "flops" else lut.model_latency
+    dense_cost = cost(dense_dims)
     pending = sorted(s.targets, reverse=True)
     criterion = s.criterion if s.allocation == "global" else "hessian"
     acc = SaliencyAccumulator(criterion, divisors=s.structure_divisors, momentum=s.score_momentum,
                               generator=generator(seed + 17))  # fmt: skip
+    rng = generator(seed + 23)
     opt = make_optimizer(model, s.lr, s.weight_decay)
     run = PruneRun(settings=s, snapshots=[])
     eta = s.eta if s.eta_mode == "absolute" else None
@@ -147,7 +158,8 @@ def prune(
     def check_targets(step: int) -> None:
         dims = model.current_dims()
         lat = lut.model_latency(dims) / dense_lat
-        while pending and lat <= pending[0] + 1e-12:
+        ratio_now = cost(dims) / dense_cost
+        while pending and ratio_now <= pending[0] + 1e-12:
             target = pending.pop(0)
             run.snapshots.append(Snapshot(
                 target=target, step=step, batches=batches_used, latency_ratio=lat,
@@ -175,6 +187,8 @@ def prune(
         scores = acc.step_scores(model)
         if s.allocation == "global":
             groups = make_groups(model, scores, s.group_sizes)
+            if criterion == "random":
+                redraw_random_scores(groups, rng)
             if s.eta:
                 dims = model.current_dims()
                 apply_latency_term(groups, lambda layer, n, d=dims: lut.saving(d, layer, n, s.bonus_floor), 0.0)
@@ -183,6 +197,8 @@ def prune(
                     run.eta = eta
                 for g in groups:
                     g.ranked = g.score - eta * g.latency_saving
+                if run.negative_fraction is None:
+                    run.negative_fraction = sum(g.ranked < 0 for g in groups) / max(1, len(groups))
             groups.sort(key=lambda g: (g.ranked, g.layer[0], g.layer[1] or 0, g.units[0]))
             for g in groups[: s.groups_per_step]:
                 prune_units(model, g.layer, g.units)
@@ -190,7 +206,7 @@ def prune(
                 if not pending:
                     break
         else:
-            floor = uniform_ratio_for(model, lut, pending[0] * dense_lat, s.group_sizes)
+            floor = uniform_ratio_for(model, cost, pending[0] * dense_cost, s.group_sizes)
             ratio = max(ratio - s.uniform_step, floor)
             prune_to_counts(model, scores, uniform_keep_counts(model, ratio, s.group_sizes))
             check_targets(step)

@@ -116,3 +116,15 @@ def test_uniform_counts_and_prune_to_counts():
         assert scores[k][kept].min() >= scores[k][~kept].max()
     fr = kept_fractions(model)
     assert fr["EMB"] == 0.5 and fr["MLP"] == pytest.approx(16 / 24)
+
+
+def test_random_baseline_draws_once_per_group_whatever_its_size():
+    from nvit.method import Group, redraw_random_scores
+
+    groups = [Group(layer=("MLP", i % 3), units=list(range(16)), score=8.0) for i in range(200)]
+    groups += [Group(layer=("H", i % 3), units=[0], score=0.5) for i in range(200)]
+    redraw_random_scores(groups, torch.Generator().manual_seed(0))
+    mlp = [g.score for g in groups if g.layer[0] == "MLP"]
+    heads = [g.score for g in groups if g.layer[0] == "H"]
+    assert all(0.0 <= g.score < 1.0 and g.ranked == g.score for g in groups)
+    assert abs(sum(mlp) / len(mlp) - sum(heads) / len(heads)) < 0.1  # no size bias

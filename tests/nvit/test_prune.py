@@ -124,3 +124,72 @@ def test_mixup_and_amp_paths_of_the_paper_preset():
     losses = train_steps(model, stream((2, 8, 8), 5), 2, lr=1e-3, weight_decay=0.05, device=torch.device("cpu"),
                          teacher=teacher, kl_coeff=1.0, tau=2.0, mixup=mixup, amp=True)  # fmt: skip
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_paper_preset_kd_scale_and_no_revit_on_imagenet():
+    cfg = config.paper()
+    # the official 1e5 KL coefficient multiplies torch's default 'mean' reduction (divided by the classes too)
+    assert cfg.kd.prune_kl_coeff == cfg.kd.finetune_kl_coeff == 1e5 and cfg.kd.kl_reduction == "mean"
+    assert cfg.revit_epochs == 0 and cfg.dense.epochs == 0
+    assert config.mini().kd.kl_reduction == "batchmean"
+
+
+def test_pruner_stops_at_a_flops_target():
+    from nvit.models import vit_macs
+    from tests.nvit.test_models import tiny
+
+    for allocation in ("global", "uniform"):
+        model, teacher = tiny(), tiny().eval()
+        s = PruneSettings(allocation=allocation, group_sizes=(2, 1, 1, 1, 4), groups_per_step=3, interval=1,
+                          max_steps=60, targets=(0.6, 0.35), target_metric="flops")  # fmt: skip
+        run = prune(model, teacher, stream((2, 8, 8), 5), s, tiny_lut(model), device=torch.device("cpu"),
+                    kd=config.KDConfig())  # fmt: skip
+        assert run.reached_all and [sn.target for sn in run.snapshots] == [0.6, 0.35]
+        for sn in run.snapshots:
+            assert vit_macs(sn.dims) / vit_macs(teacher.dims) <= sn.target + 1e-9
+            assert abs(sn.macs_ratio - vit_macs(sn.dims) / vit_macs(teacher.dims)) < 1e-12
+
+
+def test_baselines_have_no_latency_term_and_targets_are_checked():
+    cfg = config.mini()
+    runs = dict(method_labels(cfg))
+    for b in ("magnitude", "first_order", "random"):
+        assert b in runs and settings_for(cfg, b, runs[b]).eta == 0.0
+        assert runs[b] == cfg.prune.baseline_targets
+    assert settings_for(cfg, NVIT, runs[NVIT]).eta == cfg.latency.eta > 0
+    assert set(runs["η=0"]) == set(cfg.prune.latency_targets[:1]) | set(cfg.prune.baseline_targets)
+    assert runs["uniform"] == cfg.prune.latency_targets
+    bad = dataclasses.replace(cfg, prune=dataclasses.replace(cfg.prune, baseline_targets=(0.25,)))
+    with pytest.raises(ValueError, match="baseline_targets"):
+        check_inputs(bad)
+
+
+def test_equal_kd_budget_is_at_least_every_runs_pruning_batches():
+    from nvit.reproduce import equal_kd_budget
+
+    assert equal_kd_budget(200, [75, 140, 10]) == (140, 200)
+    assert equal_kd_budget(200, [75, 260, 10]) == (260, 260)  # raised for every run, not silently unequal
+    assert equal_kd_budget(0, []) == (0, 0)
+
+
+def test_comparisons_pair_seeds_explicitly():
+    from nvit.reproduce import _compare, _paired
+
+    def entry(seed, a, b):
+        snaps_b = [{"target": 0.5, "top1_ft": b}] if b is not None else []
+        return {"seed": seed, "methods": {"A": {"snapshots": [{"target": 0.5, "top1_ft": a}]},
+                                          "B": {"snapshots": snaps_b}}}  # fmt: skip
+
+    per_seed = [entry(0, 80.0, 79.0), entry(1, 81.0, None), entry(2, 82.0, 81.0)]
+    a, b = _paired(per_seed, "A", "B", 0.5, "top1_ft")
+    assert a == [80.0, 82.0] and b == [79.0, 81.0]  # seed 1 has no B: dropped from both, not shifted
+    assert _compare(a, b)[0] == 1.0
+    with pytest.raises(ValueError):
+        _compare([1.0, 2.0], [1.0])
+
+
+def test_timm_vit_without_qkv_bias_gives_a_clear_error():
+    timm = pytest.importorskip("timm")
+    tm = timm.create_model("test_vit", pretrained=False, img_size=32, num_classes=10, qkv_bias=False)
+    with pytest.raises(ValueError, match="qkv bias"):
+        from_timm(tm)
