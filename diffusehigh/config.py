@@ -244,7 +244,7 @@ def mini() -> DiffuseHighConfig:
     Command: ``make reproduce-diffusehigh``. Hardware: 2-core CPU. Measured on the shared 2-core machine with one
     torch thread (another job running beside it): training the 0.64M-parameter UNet for 4,000 steps took 19 min
     wall (~14.5 CPU-min, 0.22 CPU-s/step; ``python -m diffusehigh train --preset mini``), and the reproduction
-    with the trained model took 9.1 min (after the sampler fix; 10 s of it training the KID feature CNN). The
+    with the trained model took 9.1-9.5 min (after the sampler fix; 10 s of it training the KID feature CNN). The
     weights are committed (checkpoints/mini_unet.safetensors), so a fresh clone skips training. Expected on an
     idle 2-core machine: <= ~25 min including training with one thread, less with two (not measured).
     Targets: the paper's qualitative claims, not its tables (which could
