@@ -303,6 +303,13 @@ class NViTConfig:
 
     seeds: tuple[int, ...] = param((0, 1, 2), "seeds; tables report mean ± std over them")
     amp: bool = param(False, "mixed precision on CUDA (paper: --amp); ignored on the CPU")
+    max_threads: int = param(
+        1,
+        "cap on torch CPU threads for this run, below --threads / PRUNE_REPRO_THREADS / all cores (0 = no cap). "
+        "The CPU presets use 1: on an idle 2-core machine the mini preset ran about 1.5x slower with 2 threads "
+        "than with 1 (dense training 1.9 vs 1.3 min, each seed's fine-tunes 4.5 vs 2.9 min), because this ViT's "
+        "matrices are too small to split; the speedups are timed with the same thread count",
+    )
     model: ModelConfig = param(ModelConfig(), "the dense ViT")
     data: DataConfig = param(DataConfig(), "data")
     dense: DenseTrainConfig = param(DenseTrainConfig(), "dense training from scratch")
@@ -398,6 +405,7 @@ def paper() -> NViTConfig:
         cfg,
         seeds=(1,),  # the released commands use --seed 1
         amp=True,
+        max_threads=0,
         model=ModelConfig(
             name="deit_base_distilled_patch16_224",
             image_size=224,

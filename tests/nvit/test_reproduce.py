@@ -12,7 +12,7 @@ from nvit import config, reproduce
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
-    argv = ["reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(results), "--threads", "1"]
+    argv = ["reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(results), "--threads", "2"]
     assert main("nvit", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv) == 0
     return results
 
@@ -23,6 +23,7 @@ def test_smoke_writes_a_valid_record(smoke_results):
     assert record.paper == "nvit" and record.preset == "smoke" and record.seeds == [0]
     assert record.command == "python -m nvit reproduce --preset smoke"
     assert record.provenance["wall_time_s"] is not None
+    assert record.provenance["threads"] == 1, "max_threads caps --threads, and the record says so"
     tables = record.tables()
     assert {reproduce.T1, reproduce.T_BASE, reproduce.T_KEPT, reproduce.T_CHECK} <= set(tables)
     for t in config.smoke().prune.latency_targets:
