@@ -373,9 +373,9 @@ def mini() -> NViTConfig:
 
     Command: ``make reproduce-nvit`` (same as ``PRESET=mini``).
     Hardware: 2-core CPU, no GPU, offline (Fashion-MNIST from ``make data``).
-    Expected time: 14.3 min for 3 seeds from an empty cache, measured with 1 torch thread on a 2-core machine
-    shared with another job (1.3 min dense training, 2.8 min score checks and pruning runs, about 2.9 min of
-    fine-tunes and scratch control per seed, 1.3 min ReViT check).
+    Expected time: 14.7 min for 3 seeds from an empty cache, measured on an idle 2-core machine with 1 torch
+    thread (``max_threads``; 2 threads ran ~1.5x slower): 1.3 min dense training, 2.8 min score checks and
+    pruning runs, about 2.9 min of fine-tunes and scratch control per seed, 1.3 min ReViT check.
     Targets: Table 1 qualitatively (accuracy kept at a latency target, per-structure dims as in Fig. 4),
     the App. B.4-B.6 claims (global vs uniform, Hessian vs magnitude, latency-aware eta) and the score/loss
     correlation. The dense model is trained here from scratch (no pretrained ViT weights ship offline).
