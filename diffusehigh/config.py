@@ -241,12 +241,12 @@ def smoke() -> DiffuseHighConfig:
 def mini() -> DiffuseHighConfig:
     """The default: a pixel UNet trained at 32x32 on textured disks, taken to 2x and 4x by DiffuseHigh.
 
-    Command: ``make reproduce-diffusehigh``. Hardware: 2-core CPU. Measured on the shared 2-core machine with one
-    torch thread (another job running beside it): training the 0.64M-parameter UNet for 4,000 steps took 19 min
-    wall (~14.5 CPU-min, 0.22 CPU-s/step; ``python -m diffusehigh train --preset mini``), and the reproduction
-    with the trained model took 9.1-9.5 min (after the sampler fix; 10 s of it training the KID feature CNN). The
-    weights are committed (checkpoints/mini_unet.safetensors), so a fresh clone skips training. Expected on an
-    idle 2-core machine: <= ~25 min including training with one thread, less with two (not measured).
+    Command: ``make reproduce-diffusehigh``. Hardware: 2-core CPU. Measured: the reproduction with the committed
+    model took 5.7 min on an idle machine with the default 2 threads (9.1-9.5 min with one thread while another
+    job used the second core; 10 s of it trains the KID feature CNN); training the 0.64M-parameter UNet for
+    4,000 steps (``python -m diffusehigh train --preset mini``) took 19 min with one thread beside another job
+    (~14.5 CPU-min). The weights are committed (checkpoints/mini_unet.safetensors), so a fresh clone skips
+    training; with training, about 25 min or less.
     Targets: the paper's qualitative claims, not its tables (which could
     not be read): direct sampling above the training resolution repeats objects and DiffuseHigh does not; the
     DWT guidance keeps the low-resolution structure better than plain noising-denoising; it adds detail that
