@@ -13,22 +13,19 @@ from common.config import override
 from common.results import PARTLY, REPRODUCED, VERDICTS, load_record
 from diffusehigh import config, reproduce
 from diffusehigh import train as train_lib
+from tests.smoke import load_smoke_record, run_smoke
 
 
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
-    argv = ["reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(results), "--threads", "1"]
-    assert main("diffusehigh", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv) == 0
+    run_smoke("diffusehigh", results, "--threads", "1")
     return results
 
 
 def test_smoke_writes_a_valid_record(smoke_results):
     out = smoke_results / "diffusehigh" / "smoke"
-    record = load_record(out)
-    assert record.paper == "diffusehigh" and record.preset == "smoke" and record.seeds == [0]
-    assert record.command == "python -m diffusehigh reproduce --preset smoke"
-    assert record.provenance["wall_time_s"] is not None
+    record = load_smoke_record(out, "diffusehigh")
     table = reproduce.main_table(32, 2.0)
     settings = {m.setting for m in record.tables()[table]}
     assert {

@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from common.cli import main, report_all
-from common.results import VERDICTS, load_record
+from common.cli import report_all
+from common.results import VERDICTS
 from masksparsity import config, reproduce
 from masksparsity.train import lr_at
+from tests.smoke import load_smoke_record, run_smoke
 
 
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
-    argv = ["reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(results)]
-    assert main("masksparsity", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv) == 0
+    run_smoke("masksparsity", results)
     return results
 
 
 def test_smoke_writes_a_valid_record(smoke_results):
     out = smoke_results / "masksparsity" / "smoke"
-    record = load_record(out)
-    assert record.paper == "masksparsity" and record.preset == "smoke" and record.seeds == [0]
-    assert record.command == "python -m masksparsity reproduce --preset smoke"
-    assert record.provenance["wall_time_s"] is not None
+    record = load_smoke_record(out, "masksparsity")
     cfg = config.smoke()
     for op, target in zip(record.extra["ops"], cfg.sparsity.flops_reductions, strict=True):
         flops = record.get(reproduce.op_table(op), "every pruned arm (same mask)", "FLOPs (MACs) reduction")

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from common.cli import main, report_all
-from common.results import VERDICTS, load_record
+from common.cli import report_all
+from common.results import VERDICTS
 from nvit import config, reproduce
+from tests.smoke import load_smoke_record, run_smoke
 
 
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
-    argv = ["reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(results), "--threads", "2"]
-    assert main("nvit", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv) == 0
+    run_smoke("nvit", results, "--threads", "2")
     return results
 
 
 def test_smoke_writes_a_valid_record(smoke_results):
     out = smoke_results / "nvit" / "smoke"
-    record = load_record(out)
-    assert record.paper == "nvit" and record.preset == "smoke" and record.seeds == [0]
-    assert record.command == "python -m nvit reproduce --preset smoke"
-    assert record.provenance["wall_time_s"] is not None
+    record = load_smoke_record(out, "nvit")
     assert record.provenance["threads"] == 1, "max_threads caps --threads, and the record says so"
     tables = record.tables()
     assert {reproduce.T1, reproduce.T_BASE, reproduce.T_KEPT, reproduce.T_CHECK} <= set(tables)

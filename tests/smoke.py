@@ -1,0 +1,27 @@
+"""The smoke-preset run and record checks that every paper's end-to-end test starts with."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from common.cli import main
+from common.results import RunRecord, load_record
+
+
+def run_smoke(paper: str, results_dir: Path, *extra: str) -> Path:
+    """``python -m <paper> reproduce --preset smoke`` in-process, writing under ``results_dir``; its run folder."""
+    config = importlib.import_module(f"{paper}.config")
+    reproduce = importlib.import_module(f"{paper}.reproduce")
+    argv = ["reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(results_dir), *extra]
+    assert main(paper, presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv) == 0
+    return results_dir / paper / "smoke"
+
+
+def load_smoke_record(out: Path, paper: str) -> RunRecord:
+    """The record in ``out``, checked to be a finished smoke run of ``paper`` with seed 0."""
+    record = load_record(out)
+    assert record.paper == paper and record.preset == "smoke" and record.seeds == [0]
+    assert record.command == f"python -m {paper} reproduce --preset smoke"
+    assert record.provenance["wall_time_s"] is not None
+    return record
