@@ -208,7 +208,12 @@ def _build_parser(
     rep.add_argument("--results-dir", type=Path, default=None, help="where records go (default: results/)")
     rep.add_argument("--no-readme", action="store_true", help="do not rewrite the README's generated block")
     rep.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
-    rep.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    rep.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: all cores; capped by a preset's max_threads, as in nvit)",
+    )
     rep.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
     rpt = sub.add_parser("report", help="re-render tables, figures and the README block from saved records")
@@ -280,6 +285,11 @@ def main(
     runtime.enable_offline_mode()
     device = runtime.select_device(args.device)
     threads = runtime.set_threads(args.threads)
+    cap = getattr(cfg, "max_threads", 0)  # a preset whose model is too small to split over threads says so
+    if cap and threads > cap:
+        log.info("using %d torch thread(s) instead of %d (the preset's max_threads; --set max_threads=0 lifts it)",
+                 cap, threads)  # fmt: skip
+        threads = runtime.set_threads(cap)
     out_dir = results_dir / paper / args.preset
     ctx = RunContext(
         paper=paper,

@@ -37,7 +37,7 @@ from common.results import (
     claims_table,
     markdown_table,
 )
-from common.runtime import generator, progress, seed_everything, set_threads
+from common.runtime import generator, progress, seed_everything
 
 from . import paper as paper_numbers
 from .config import NViTConfig
@@ -476,10 +476,6 @@ def equal_kd_budget(configured: int, pruning_batches: list[int]) -> tuple[int, i
 
 
 def run(cfg: NViTConfig, ctx: RunContext) -> RunRecord:
-    if cfg.max_threads and ctx.threads > cfg.max_threads:
-        log.info("using %d torch thread(s) instead of %d (max_threads; --set max_threads=0 lifts the cap)",
-                 cfg.max_threads, ctx.threads)  # fmt: skip
-        ctx.threads = set_threads(cfg.max_threads)
     exp = Experiment(cfg, ctx)
     dense = exp.dense()
     exp.lut = build_lut(cfg, ctx, dense.dims.tokens)
