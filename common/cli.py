@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from . import runtime
+from . import errors, runtime
 from .config import ConfigError, Preset, config_hash, describe, get_preset, override, to_dict
 from .results import (
     RECORD_FILE,
@@ -72,6 +72,12 @@ class RunContext:
     cache: runtime.ArtifactCache
     config: Any
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    timer: runtime.PhaseTimer = dataclasses.field(default_factory=runtime.PhaseTimer)
+
+    def phase(self, name: str):
+        """``with ctx.phase("fine-tuning"): ...``: the block's wall time goes to that phase of the record's
+        breakdown (``provenance["phases_s"]``, shown under each card's provenance line)."""
+        return self.timer.phase(name)
 
     def new_record(self, seeds: list[int] | tuple[int, ...] | None = None) -> RunRecord:
         """An empty record with the config, its hash and provenance filled in."""
@@ -192,6 +198,7 @@ def _build_parser(
         description=f"{description}\n\npresets:\n{preset_lines}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_debug_flag(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     rep = sub.add_parser(
@@ -226,7 +233,18 @@ def _build_parser(
     for name, command in commands.items():
         extra = sub.add_parser(name, help=command.help, description=command.help)
         command.configure(extra)
+    for subparser in sub.choices.values():
+        _add_debug_flag(subparser, default=argparse.SUPPRESS)  # also accepted after the sub-command
     return parser
+
+
+def _add_debug_flag(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help=f"show the traceback of a user error (missing data, bad path, ...) too; or set {errors.DEBUG_ENV}=1",
+    )
 
 
 def _print_presets(presets: Mapping[str, Preset], name: str | None) -> None:
@@ -259,7 +277,30 @@ def main(
         paper, presets, description or (importlib.import_module(paper).__doc__ or "").strip(), commands
     )
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(paper, parser, args, presets=presets, run=run, report=report, commands=commands)
+    except errors.UserError as err:
+        if args.debug or errors.debug_enabled():
+            raise
+        print(f"{paper}: error: {err}", file=sys.stderr)
+        return errors.EXIT_USER_ERROR
+    except errors.TrainingDivergedError as err:
+        if args.debug or errors.debug_enabled():
+            raise
+        print(f"{paper}: run diverged: {err}", file=sys.stderr)
+        return errors.EXIT_DIVERGED
 
+
+def _dispatch(
+    paper: str,
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    *,
+    presets: Mapping[str, Preset],
+    run: RunFn,
+    report: ReportFn,
+    commands: Mapping[str, Command],
+) -> int:
     if args.command in commands:
         runtime.enable_offline_mode()
         return commands[args.command].handler(args)
@@ -304,10 +345,17 @@ def main(
     log.info("%s preset %s (config %s) on %s, %d threads", paper, args.preset, config_hash(cfg), device, threads)
     try:
         record = run(cfg, ctx)
+    except errors.TrainingDivergedError as err:
+        raise errors.TrainingDivergedError(
+            f"{err} [preset {args.preset}, config {config_hash(cfg)}: {ctx.command}]"
+        ) from err
     except NotImplementedYet as err:
         print(f"{paper}: preset {args.preset!r} is not implemented yet: {err}", file=sys.stderr)
         return EXIT_NOT_IMPLEMENTED
-    record.provenance["wall_time_s"] = round(time.perf_counter() - ctx.started, 2)
+    wall = time.perf_counter() - ctx.started
+    record.provenance["wall_time_s"] = round(wall, 2)
+    if ctx.timer.seconds:
+        record.provenance["phases_s"] = ctx.timer.breakdown(total_s=wall)
     write_json_atomic(out_dir / RECORD_FILE, record.to_json())
     log.info("wrote %s", out_dir / RECORD_FILE)
     report_all(paper, results_dir, report, readme=None if args.no_readme else readme_path(paper), presets=[args.preset])

@@ -26,13 +26,15 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from .errors import UserError
+
 C = TypeVar("C")
 
 Preset = Callable[[], Any]
 """A preset is a no-argument function returning a config; its docstring is its documentation."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config override or preset name that cannot be applied; the message says what is allowed."""
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .errors import UserError
 from .runtime import data_root, generator
 
 FASHION_MNIST_FILES = {
@@ -33,7 +34,7 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset is not where it was looked for; the message lists the places and how to fill one."""
 
 
@@ -212,34 +213,46 @@ def loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: in
 # Paper-scale datasets from user-given roots
 
 
-def _require_dir(root: str | Path | None, name: str, expected: str) -> Path:
+def _require_dir(root: str | Path | None, name: str, expected: str, option: str) -> Path:
     if not root:
-        raise DatasetNotFoundError(f"{name}: no root given. Put {expected} in a directory and pass its path.")
+        raise DatasetNotFoundError(
+            f"{name}: no {option} given. Put {expected} in a directory and pass --set {option}=/path"
+        )
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise DatasetNotFoundError(f"{name}: {path} is not a directory. Expected {expected}.")
+        raise DatasetNotFoundError(f"{name}: {option}={str(path)!r} is not a directory. Expected {expected}.")
     return path
 
 
-def cifar10(root: str | Path | None, train: bool = True, transform=None, download: bool = False) -> Dataset:
-    """torchvision's CIFAR-10 from ``root`` (the folder holding ``cifar-10-batches-py/``); no download by default."""
+def cifar10(
+    root: str | Path | None, train: bool = True, transform=None, download: bool = False, *, option: str = "data.root"
+) -> Dataset:
+    """torchvision's CIFAR-10 from ``root`` (the folder holding ``cifar-10-batches-py/``); no download by default.
+
+    ``option`` is the config key the root came from, named in the error when it is missing."""
     from torchvision.datasets import CIFAR10
 
     expected = "the extracted python version of CIFAR-10 (a folder `cifar-10-batches-py/` with data_batch_1..5)"
     if download:
         Path(root).mkdir(parents=True, exist_ok=True)
-    path = _require_dir(root, "CIFAR-10", expected)
+    path = _require_dir(root, "CIFAR-10", expected, option)
     if not download and not (path / "cifar-10-batches-py").is_dir():
-        raise DatasetNotFoundError(f"CIFAR-10: {path} has no cifar-10-batches-py/. Expected {expected}.")
+        raise DatasetNotFoundError(
+            f"CIFAR-10: {option}={str(path)!r} has no cifar-10-batches-py/. Expected {expected}."
+        )
     return CIFAR10(root=str(path), train=train, transform=transform, download=download)
 
 
-def image_folder(root: str | Path | None, split: str = "train", transform=None) -> Dataset:
-    """An ImageNet-style ``root/<split>/<class>/<image>`` tree through torchvision's ImageFolder."""
+def image_folder(
+    root: str | Path | None, split: str = "train", transform=None, *, option: str = "data.root"
+) -> Dataset:
+    """An ImageNet-style ``root/<split>/<class>/<image>`` tree through torchvision's ImageFolder.
+
+    ``option`` is the config key the root came from, named in the error when it is missing."""
     from torchvision.datasets import ImageFolder
 
     expected = "an ImageNet-style tree root/{train,val}/<class_name>/<image files>"
-    path = _require_dir(root, "ImageFolder", expected) / split
+    path = _require_dir(root, "ImageFolder", expected, option) / split
     if not path.is_dir():
-        raise DatasetNotFoundError(f"ImageFolder: {path} does not exist. Expected {expected}.")
+        raise DatasetNotFoundError(f"ImageFolder: {path} does not exist ({option}={str(root)!r}). Expected {expected}.")
     return ImageFolder(root=str(path), transform=transform)

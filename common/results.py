@@ -329,11 +329,22 @@ def _describe_run(record: RunRecord) -> str:
     wall = p.get("wall_time_s")
     wall_text = f"{wall / 60:.1f} min" if isinstance(wall, (int, float)) else "unknown time"
     torch_version = (p.get("packages") or {}).get("torch")
-    return (
+    line = (
         f"Command: `{record.command}` · seeds {', '.join(map(str, record.seeds)) or '–'} · "
         f"config `{record.config_hash}` · commit `{commit}` · {p.get('device_name')} ({p.get('device')}), "
         f"{p.get('threads')} threads, torch {torch_version} · {wall_text} · {p.get('started_at', '')[:10]}"
     )
+    phases = p.get("phases_s")
+    if phases and isinstance(wall, (int, float)) and wall > 0:
+        shares = " · ".join(f"{name} {_duration(sec)} ({100 * sec / wall:.0f}%)" for name, sec in phases.items())
+        line += f"<br>\nTime by phase: {shares}"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
 
 
 def render_record(record: RunRecord, heading_level: int = 3) -> str:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import random
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +22,11 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from .errors import UserError
+
 T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 """The checkout's root (the folder holding pyproject.toml)."""
@@ -45,13 +52,16 @@ def data_root() -> Path:
 def select_device(preference: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` are taken as given.
 
-    Asking for CUDA on a machine without it raises instead of silently falling back to the CPU.
+    Asking for CUDA on a machine without it is a user error, not a silent fall-back to the CPU.
     """
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except RuntimeError:
+        raise UserError(f"--device {preference!r}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {preference!r} requested but CUDA is not available on this machine")
+        raise UserError(f"--device {preference}: CUDA is not available on this machine (use --device cpu or auto)")
     return device
 
 
@@ -73,7 +83,7 @@ def set_threads(n: int | None = None) -> int:
     if n is None:
         n = int(os.environ.get("PRUNE_REPRO_THREADS", os.cpu_count() or 1))
     if n < 1:
-        raise ValueError(f"thread count must be >= 1, got {n}")
+        raise UserError(f"thread count must be >= 1, got {n} (--threads or PRUNE_REPRO_THREADS)")
     torch.set_num_threads(n)
     return n
 
@@ -121,6 +131,10 @@ def key_hash(key: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
 
+class CorruptCacheEntry(Exception):
+    """A cache file that is truncated, altered or not written by this cache (read by ``ArtifactCache``)."""
+
+
 class ArtifactCache:
     """Intermediate artifacts of one paper, one file per key, so an interrupted run resumes.
 
@@ -131,9 +145,15 @@ class ArtifactCache:
         cache = ArtifactCache("nvit")
         state = cache.get_or_create("dense", {"model": to_dict(cfg.model), "seed": 0}, lambda: train(...))
 
-    Values are stored with ``torch.save`` (tensors, state dicts, plain Python) and written atomically,
-    so a run killed mid-write leaves no corrupt entry. Pass ``root`` to place it elsewhere (tests do).
+    Values are stored with ``torch.save`` (tensors, state dicts, plain Python) behind a header with the
+    payload's length and SHA-256, and written atomically, so a run killed mid-write leaves no entry at
+    all; an entry that is truncated or altered afterwards is detected on reading, reported, deleted and
+    recomputed by ``get_or_create`` (``load`` raises :class:`CorruptCacheEntry`). Pass ``root`` to
+    place it elsewhere (tests do).
     """
+
+    MAGIC = b"PRCACHE1"
+    _HEADER = len(MAGIC) + 8 + 32  # magic, payload length (big-endian u64), SHA-256 of the payload
 
     def __init__(self, namespace: str, root: Path | None = None):
         self.dir = (root or cache_root()) / namespace
@@ -142,28 +162,105 @@ class ArtifactCache:
         return self.dir / f"{tag}-{key_hash(key)}.pt"
 
     def __contains__(self, item: tuple[str, Any]) -> bool:
+        """Whether a sound entry exists; a corrupt one is reported, deleted and so counts as missing."""
         tag, key = item
-        return self.path(tag, key).exists()
+        path = self.path(tag, key)
+        if not path.exists():
+            return False
+        try:
+            self._payload(path)
+        except CorruptCacheEntry as err:
+            _log.warning("corrupt cache entry, will recompute: %s", err)
+            path.unlink(missing_ok=True)
+            return False
+        return True
 
     def load(self, tag: str, key: Any) -> Any:
-        return torch.load(self.path(tag, key), map_location="cpu", weights_only=False)
+        """The cached value; :class:`CorruptCacheEntry` if the file fails its length or checksum test."""
+        return torch.load(io.BytesIO(self._payload(self.path(tag, key))), map_location="cpu", weights_only=False)
+
+    def _payload(self, path: Path) -> bytes:
+        blob = path.read_bytes()
+        header, payload = blob[: self._HEADER], blob[self._HEADER :]
+        if len(header) < self._HEADER or not header.startswith(self.MAGIC):
+            raise CorruptCacheEntry(f"{path}: no cache header (written before checksums, or not a cache entry)")
+        length = int.from_bytes(header[len(self.MAGIC) : len(self.MAGIC) + 8], "big")
+        if len(payload) != length:
+            raise CorruptCacheEntry(f"{path}: truncated or extended ({len(payload)} of {length} bytes)")
+        if hashlib.sha256(payload).digest() != header[-32:]:
+            raise CorruptCacheEntry(f"{path}: checksum mismatch (the file was altered after it was written)")
+        return payload
 
     def save(self, tag: str, key: Any, value: Any) -> Path:
-        import io
-
         buffer = io.BytesIO()
         torch.save(value, buffer)
+        payload = buffer.getvalue()
+        header = self.MAGIC + len(payload).to_bytes(8, "big") + hashlib.sha256(payload).digest()
         path = self.path(tag, key)
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, header + payload)
         return path
 
     def get_or_create(self, tag: str, key: Any, create: Callable[[], T]) -> T:
-        """Load the artifact for ``(tag, key)`` if cached, else compute it with ``create`` and cache it."""
-        if (tag, key) in self:
-            return self.load(tag, key)
+        """Load the artifact for ``(tag, key)`` if cached, else compute it with ``create`` and cache it.
+
+        A corrupt entry is reported (a warning naming the file), deleted and computed again.
+        """
+        path = self.path(tag, key)
+        try:
+            value = self.load(tag, key)
+        except FileNotFoundError:
+            pass
+        except CorruptCacheEntry as err:
+            _log.warning("corrupt cache entry, recomputing: %s", err)
+            path.unlink(missing_ok=True)
+        else:
+            _log.info("cache: loaded %s", path.name)
+            return value
         value = create()
         self.save(tag, key, value)
+        _log.info("cache: computed %s", path.name)
         return value
+
+
+class PhaseTimer:
+    """Wall time per named phase of a run (dense training, pruning, fine-tuning, evaluation, ...).
+
+    ``with timer.phase("fine-tuning"): ...`` adds the block's wall time to that phase; a phase entered
+    inside another pauses the outer one, so the times are exclusive and add up to the time spent inside
+    phases. Entering the same name again accumulates.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._stack: list[list] = []  # [name, start of the current stretch]
+
+    def _charge(self, now: float) -> None:
+        if self._stack:
+            name, since = self._stack[-1]
+            self.seconds[name] = self.seconds.get(name, 0.0) + now - since
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        now = time.perf_counter()
+        self._charge(now)
+        self.seconds.setdefault(name, 0.0)
+        self._stack.append([name, now])
+        try:
+            yield
+        finally:
+            now = time.perf_counter()
+            self._charge(now)
+            self._stack.pop()
+            if self._stack:
+                self._stack[-1][1] = now
+
+    def breakdown(self, total_s: float | None = None) -> dict[str, float]:
+        """Seconds per phase in the order first entered (rounded to 0.01 s); with ``total_s``, the time
+        outside every phase is added as ``"other"``."""
+        out = {name: round(sec, 2) for name, sec in self.seconds.items()}
+        if total_s is not None:
+            out["other"] = round(max(total_s - sum(self.seconds.values()), 0.0), 2)
+        return out
 
 
 def progress(iterable=None, **kwargs):

@@ -21,6 +21,11 @@ from pathlib import Path
 import torch
 
 from common.data import DatasetNotFoundError
+from common.errors import UserError
+
+
+class DataFileError(UserError, ValueError):
+    """A data file that exists but cannot be read as the task's data (no rows, missing columns or fields)."""
 
 
 @dataclass(frozen=True)
@@ -96,12 +101,14 @@ def read_labelled_file(path: str | Path) -> list[Example]:
         delimiter = "\t" if path.suffix == ".tsv" else ","
         rows = list(csv.DictReader(io.StringIO(path.read_text()), delimiter=delimiter, quoting=csv.QUOTE_MINIMAL))
     if not rows:
-        raise ValueError(f"{path} holds no rows")
+        raise DataFileError(f"{path} holds no rows")
     keys = rows[0].keys()
     text_key = next((k for k in ("text", "sentence", "sentence1", "#1 String") if k in keys), None)
     label_key = next((k for k in ("label", "Quality", "score") if k in keys), None)
     if text_key is None or label_key is None:
-        raise ValueError(f"{path}: need a text column (text/sentence/sentence1) and a label column, got {list(keys)}")
+        raise DataFileError(
+            f"{path}: need a text column (text/sentence/sentence1) and a label column, got {list(keys)}"
+        )
     pair_key = next((k for k in ("text_b", "sentence2", "#2 String") if k in keys), None)
 
     def parse_label(value):

@@ -2,8 +2,8 @@
 
 DAREx recommends a global q for decoders (official README). As in the official decoder scripts:
 
-- deltas are the ``mlp`` and ``self_attn`` weights only (``decoder.include``); embeddings, norms and the LM
-  head keep their fine-tuned values;
+- deltas are every parameter under ``mlp`` and ``self_attn`` (``decoder.include``), weights and biases alike
+  (Qwen2's q/k/v biases are pruned too); embeddings, norms and the LM head keep their fine-tuned values;
 - q is chosen on the first ``n_val`` GSM8K *train* questions (labelled: answer accuracy), or without labels
   by the MSE of the fine-tuned model's top-5 logits between the fine-tuned and the pruned model;
 - answers are generated greedily with MetaMath's Alpaca prompt and read after "The answer is:".
@@ -27,10 +27,13 @@ from torch import nn
 
 from common.cli import RunContext
 from common.data import DatasetNotFoundError
+from common.errors import IncompatibleModelsError, UserError
 from common.results import NOT_TESTABLE, RunRecord
 from common.runtime import generator, progress
 
+from .checks import decoder_input_checks, load_or_explain, require_model_dir, run_checks
 from .config import TINY_BERT, TINY_LLAMA, DarexConfig, DecoderConfig
+from .data import DataFileError
 from .method import Deltas, coarse_to_fine_q, dare, delta_parameters, delta_statistics
 from .models import load_tokenizer as load_model_tokenizer
 
@@ -88,16 +91,16 @@ def read_gsm8k(path: str | Path, n: int = 0) -> list[Problem]:
             continue
         row = json.loads(line)
         if "question" not in row or "answer" not in row:
-            raise ValueError(f"{path}:{i + 1}: need 'question' and 'answer' fields, got {sorted(row)}")
+            raise DataFileError(f"{path}:{i + 1}: need 'question' and 'answer' fields, got {sorted(row)}")
         solution = str(row["answer"])
         final = parse_number(solution.rsplit("####", 1)[-1])
         if final is None:
-            raise ValueError(f"{path}:{i + 1}: the answer has no final number after '####'")
+            raise DataFileError(f"{path}:{i + 1}: the answer has no final number after '####'")
         problems.append(Problem(question=row["question"], answer=final, solution=solution))
         if n and len(problems) == n:
             break
     if not problems:
-        raise ValueError(f"{path} holds no problems")
+        raise DataFileError(f"{path} holds no problems")
     return problems
 
 
@@ -136,14 +139,16 @@ def load_causal_lm(path: str, dtype: torch.dtype, role: str, vocab_size: int = 0
                     if "mlp" in name or "self_attn" in name:
                         param.add_(0.02 * torch.randn(param.shape, generator=generator(7)))
         return model.to(dtype).eval()
-    if not path:
-        raise ValueError(f"experiment='decoder' needs decoder.{role}_path (a local model directory)")
-    return AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype, local_files_only=True).eval()
+    key = f"decoder.{role}_path"
+    require_model_dir(path, key, hint=f"Put a Hugging Face causal LM directory there and pass --set {key}=...")
+    return load_or_explain(
+        lambda: AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype, local_files_only=True), key, path
+    ).eval()
 
 
 def load_tokenizer(path: str):
     """The tokenizer of ``path`` (MiniLM's for the tiny Llama), padding on the left for generation."""
-    tokenizer = load_model_tokenizer(TINY_BERT if path == TINY_LLAMA else path)
+    tokenizer = load_model_tokenizer(TINY_BERT if path == TINY_LLAMA else path, what="decoder.finetuned_path")
     tokenizer.padding_side = "left"  # generation continues the prompt
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -164,15 +169,21 @@ class DecoderBench:
         vocab = len(self.tokenizer)
         base = load_causal_lm(dc.base_path, dtype, "base", vocab)
         self.model = load_causal_lm(dc.finetuned_path, dtype, "finetuned", vocab).to(device)
-        finetuned_state = self.model.state_dict()
+        # Every parameter the include rule matches is a delta, weights and biases alike (the official decoder
+        # code prunes every tensor under mlp/self_attn, so Qwen2's q/k/v biases too).
         include = re.compile(dc.include)
-        names = [n for n in finetuned_state if include.search(n) and n.endswith("weight")]
-        if not names:
-            raise ValueError(f"decoder.include={dc.include!r} matches no weight of {dc.finetuned_path}")
-        base_state = base.state_dict()
-        self.base = {n: base_state[n].to(device) for n in names}  # θ_P of the delta tensors, on the device
-        del base, base_state
-        self.deltas = delta_parameters(self.base, {n: finetuned_state[n] for n in names}, exclude=None)
+        finetuned = {n: t.detach() for n, t in self.model.named_parameters() if include.search(n)}
+        if not finetuned:
+            raise UserError(f"decoder.include={dc.include!r} matches no parameter of {dc.finetuned_path}")
+        # θ_P of the delta tensors, on the device
+        self.base = {n: t.detach().to(device) for n, t in base.named_parameters() if include.search(n)}
+        del base
+        try:
+            self.deltas = delta_parameters(self.base, finetuned, exclude=None)
+        except IncompatibleModelsError as err:
+            raise IncompatibleModelsError(
+                f"decoder.base_path {dc.base_path} and decoder.finetuned_path {dc.finetuned_path}: {err}"
+            ) from err
         self.windows = None
         self.reference = None
 
@@ -227,8 +238,7 @@ class DecoderBench:
 
 def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
     dc, pc = cfg.decoder, cfg.prune
-    if not dc.val_file or not dc.test_file:
-        raise ValueError("experiment='decoder' needs decoder.val_file (GSM8K train) and decoder.test_file (test)")
+    run_checks(decoder_input_checks(dc))  # every path, before any model is loaded
     val = read_gsm8k(dc.val_file, dc.n_val)
     test = read_gsm8k(dc.test_file, dc.n_test)
     proxy_texts = [p.question + " " + p.solution for p in read_gsm8k(dc.val_file, dc.proxy_items)]

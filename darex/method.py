@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from common.errors import IncompatibleModelsError, check_finite
 
 StateDict = Mapping[str, torch.Tensor]
 Deltas = dict[str, torch.Tensor]
@@ -51,48 +53,142 @@ def delta_parameters(
     finetuned: nn.Module | StateDict,
     exclude: str | None = DEFAULT_EXCLUDE,
 ) -> Deltas:
-    """Δθ = θ_F − θ_P for every floating-point tensor present in both with the same shape.
+    """Δθ = θ_F − θ_P for every floating-point tensor of the two models.
 
-    Tensors whose name matches the ``exclude`` regex (default: the task head) are left out, as are
-    integer buffers (e.g. BatchNorm's ``num_batches_tracked``, BERT's ``position_ids``). A shared name
-    with different shapes is an error: the two models are not of the same architecture.
+    Tensors whose name matches the ``exclude`` regex (default: the task head, which a classification
+    fine-tune adds or re-initialises) are left out and may differ freely between the two models, as are
+    integer buffers (e.g. BatchNorm's ``num_batches_tracked``, BERT's ``position_ids``). Every other
+    tensor must be in both models with the same shape: a tensor on one side only (a 2-layer base against a
+    3-layer fine-tune) or a shape mismatch raises :class:`IncompatibleModelsError` naming the first few
+    such tensors and their count, rather than silently leaving deltas out.
     """
     pre, ft = _state(pretrained), _state(finetuned)
     pattern = re.compile(exclude) if exclude else None
-    deltas = {}
-    for name, w_ft in ft.items():
-        if name not in pre or not w_ft.is_floating_point() or (pattern and pattern.search(name)):
-            continue
-        w_pre = pre[name]
-        if w_pre.shape != w_ft.shape:
-            raise ValueError(f"{name}: pre-trained shape {tuple(w_pre.shape)} != fine-tuned {tuple(w_ft.shape)}")
-        deltas[name] = (w_ft.detach().float() - w_pre.detach().float()).clone()
+
+    def candidates(state: StateDict) -> list[str]:
+        return [n for n, t in state.items() if t.is_floating_point() and not (pattern and pattern.search(n))]
+
+    pre_names, ft_names = candidates(pre), candidates(ft)
+    in_pre, in_ft = set(pre_names), set(ft_names)
+    only_ft = [n for n in ft_names if n not in in_pre]
+    only_pre = [n for n in pre_names if n not in in_ft]
+    shared = [n for n in ft_names if n in in_pre]
+    reshaped = [n for n in shared if pre[n].shape != ft[n].shape]
+    problems = []
+    if only_ft:
+        problems.append(f"{len(only_ft)} tensor(s) only in the fine-tuned model ({name_list(only_ft)})")
+    if only_pre:
+        problems.append(f"{len(only_pre)} tensor(s) only in the pre-trained model ({name_list(only_pre)})")
+    if reshaped:
+        shapes = [f"{n} {tuple(pre[n].shape)} vs {tuple(ft[n].shape)}" for n in reshaped]
+        problems.append(f"{len(reshaped)} tensor(s) whose shape differs, pre-trained vs fine-tuned "
+                        f"({name_list(shapes)})")  # fmt: skip
+    if problems:
+        fix = (
+            f"Only tensors matching the exclusion rule '{exclude}' may differ: pass the matching pair, or widen "
+            "the rule if these tensors are not deltas."
+            if exclude
+            else "Pass the matching pair."
+        )
+        raise IncompatibleModelsError(
+            f"the pre-trained and fine-tuned models are not the same architecture: {'; '.join(problems)}. {fix}"
+        )
+    deltas = {n: (ft[n].detach().float() - pre[n].detach().float()).clone() for n in shared}
     if not deltas:
-        raise ValueError("no delta parameters: the models share no floating-point tensors outside the exclusion rule")
+        raise IncompatibleModelsError(
+            "no delta parameters: the models share no floating-point tensors outside the exclusion rule"
+        )
     return deltas
 
 
-def lora_delta_parameters(model: nn.Module, adapter: str = "default") -> Deltas:
-    """ΔW = B·A·scaling for every LoRA-adapted linear layer of a PEFT model, keyed by the base weight's name.
+def name_list(names: Sequence[str], first: int = 3) -> str:
+    """``a, b, c and 12 more``: the first few of ``names`` and how many were left unsaid."""
+    shown = ", ".join(names[:first])
+    return shown + (f" and {len(names) - first} more" if len(names) > first else "")
 
-    Keys are the names the merged model (``merge_and_unload()``) gives the weights, so the result plugs
-    into :func:`apply_delta` against the base model's state dict. Only ``nn.Linear``-style LoRA layers
-    (with ``lora_A``, ``lora_B`` and ``scaling`` as PEFT defines them) are handled.
+
+def lora_delta_parameters(model: nn.Module, adapter: str = "default") -> Deltas:
+    """ΔW of every layer a PEFT LoRA adapter changes, keyed by the merged model's tensor names.
+
+    Each delta equals what PEFT's merge (``merge_and_unload()``) adds to the base tensor, computed in
+    float64 and returned as float32:
+
+    - plain LoRA on linear layers (``nn.Linear``, and GPT-2's ``Conv1D`` with ``fan_in_fan_out``):
+      ΔW = B·A·scaling;
+    - DoRA (``use_dora=True``) on linear layers: the merged weight is m ⊙ (W + B·A·s) / ‖W + B·A·s‖ with the
+      norm taken over each output row, so ΔW = (m / ‖W + B·A·s‖ − 1) ⊙ W + (m / ‖W + B·A·s‖) ⊙ B·A·s
+      depends on the base weight W, not on B·A alone;
+    - ``lora_bias=True``: the bias delta Δb = lora_B.bias · scaling, keyed by the base layer's bias name;
+    - plain LoRA on ``nn.Embedding``: ΔE = (B·A)ᵀ·scaling.
+
+    Anything else (LoRA on convolutions or attention modules, other LoRA variants, an adapter already
+    merged into the base weights) raises :class:`IncompatibleModelsError` naming the layer and the option,
+    rather than returning a wrong ΔW. ``modules_to_save`` (e.g. a task head trained in full) are not
+    deltas: take them from the PEFT model.
     """
-    deltas = {}
+    from peft.tuners.lora import layer as lora_layer
+
+    try:
+        from peft.tuners.lora.variants import DoraLinearVariant
+    except ImportError:  # older PEFT: DoRA is a flag on the layer, not a variant object
+        DoraLinearVariant = None
+
+    deltas: Deltas = {}
     for name, module in model.named_modules():
-        if not (hasattr(module, "lora_A") and hasattr(module, "lora_B") and hasattr(module, "scaling")):
+        if not isinstance(module, lora_layer.LoraLayer):
             continue
-        if adapter not in module.lora_A:
+        in_linear = adapter in getattr(module, "lora_A", {})
+        in_embedding = adapter in getattr(module, "lora_embedding_A", {})
+        if not (in_linear or in_embedding):
             continue
-        a = module.lora_A[adapter].weight.detach().float()
-        b = module.lora_B[adapter].weight.detach().float()
-        delta = (b @ a) * float(module.scaling[adapter])
-        if getattr(module, "fan_in_fan_out", False):
-            delta = delta.T
-        deltas[_merged_weight_name(name)] = delta
+        target = _merged_weight_name(name)
+        where = f"{target.removesuffix('.weight')} ({type(module).__name__})"
+        variant = getattr(module, "lora_variant", {}).get(adapter)
+        dora = bool(getattr(module, "use_dora", {}).get(adapter)) or (
+            DoraLinearVariant is not None and type(variant) is DoraLinearVariant
+        )
+        if module.merged:
+            raise IncompatibleModelsError(
+                f"LoRA layer {where}: adapter(s) {module.merged_adapters} are merged into its base weight; "
+                "call unmerge_adapter() first so the delta is taken against the base weight"
+            )
+        if variant is not None and not (dora and type(variant) is DoraLinearVariant):
+            raise IncompatibleModelsError(
+                f"LoRA layer {where}: the {type(variant).__name__} variant of adapter {adapter!r} is not supported "
+                "(supported: plain LoRA, use_dora=True on linear layers, lora_bias=True); merge it with PEFT "
+                "(merge_and_unload) and use delta_parameters(base, merged) instead"
+            )
+        base = module.get_base_layer()
+        scaling = float(module.scaling[adapter])
+        if isinstance(module, lora_layer.Linear) and in_linear:
+            a = module.lora_A[adapter].weight.detach().double()
+            b = module.lora_B[adapter].weight.detach().double()
+            update = (b @ a) * scaling  # (out, in)
+            fan_in_fan_out = bool(getattr(module, "fan_in_fan_out", False))
+            if dora:
+                weight = base.weight.detach().double()
+                weight = weight.T if fan_in_fan_out else weight
+                magnitude = module.lora_magnitude_vector[adapter].weight.detach().double()
+                combined = weight + update
+                factor = (magnitude / torch.linalg.vector_norm(combined, dim=1)).unsqueeze(1)
+                update = factor * combined - weight
+            deltas[target] = (update.T if fan_in_fan_out else update).float().contiguous()
+            if getattr(module, "lora_bias", {}).get(adapter, False):
+                deltas[target[: -len("weight")] + "bias"] = (
+                    module.lora_B[adapter].bias.detach().double() * scaling
+                ).float()
+        elif isinstance(module, lora_layer.Embedding) and in_embedding and not dora:
+            a = module.lora_embedding_A[adapter].detach().double()  # (r, num_embeddings)
+            b = module.lora_embedding_B[adapter].detach().double()  # (embedding_dim, r)
+            deltas[target] = ((b @ a).T * scaling).float().contiguous()
+        else:
+            option = "use_dora=True on a non-linear layer" if dora else f"LoRA on {type(base).__name__}"
+            raise IncompatibleModelsError(
+                f"LoRA layer {where}: {option} is not supported (supported: linear and embedding layers); merge "
+                "it with PEFT (merge_and_unload) and use delta_parameters(base, merged) instead"
+            )
     if not deltas:
-        raise ValueError(f"no LoRA layers with adapter {adapter!r} found")
+        raise IncompatibleModelsError(f"no LoRA layers with adapter {adapter!r} found")
     return deltas
 
 
@@ -108,9 +204,11 @@ def apply_delta(pretrained: nn.Module | StateDict, deltas: Mapping[str, torch.Te
     (``model.load_state_dict(apply_delta(pre, pruned), strict=False)`` on a copy of the fine-tuned model).
     """
     state = {name: t.detach().clone() for name, t in _state(pretrained).items()}
-    missing = set(deltas) - set(state)
+    missing = [n for n in deltas if n not in state]
     if missing:
-        raise KeyError(f"deltas for tensors the pre-trained model lacks: {sorted(missing)[:5]}")
+        raise IncompatibleModelsError(
+            f"deltas for {len(missing)} tensor(s) the pre-trained model lacks: {name_list(missing)}"
+        )
     for name, delta in deltas.items():
         state[name] = state[name] + delta.to(device=state[name].device, dtype=state[name].dtype)
     return state
@@ -492,6 +590,7 @@ def optimise_layer_q(
     for step in range(steps):
         optimiser.zero_grad(set_to_none=True)
         value = loss(model, params(), step)
+        check_finite(value, step=step, where=f"darex DAREx-q per-layer q optimisation (p={p:g})")
         value.backward()
         optimiser.step()
         schedule.step()

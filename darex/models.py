@@ -95,14 +95,17 @@ def tiny_bert_config(vocab_size: int, num_labels: int):
     )  # fmt: skip
 
 
-def load_tokenizer(model_path: str):
-    """The tokenizer of ``model_path`` (MiniLM's for '' and for the tiny BERT)."""
+def load_tokenizer(model_path: str, what: str = "text.model_path"):
+    """The tokenizer of ``model_path`` (MiniLM's for '' and for the tiny BERT); a directory transformers cannot
+    read a tokenizer from is a user error naming ``what`` (the config key)."""
     from transformers import AutoTokenizer
 
+    from .checks import load_or_explain
     from .config import TINY_BERT
 
     path = minilm_path() if model_path in ("", TINY_BERT) else model_path
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return load_or_explain(lambda: AutoTokenizer.from_pretrained(path, local_files_only=True), what, path,
+                           "a tokenizer")  # fmt: skip
 
 
 def load_classifier(model_path: str, num_labels: int, vocab_size: int, seed: int = 0) -> nn.Module:
@@ -120,11 +123,18 @@ def load_classifier(model_path: str, num_labels: int, vocab_size: int, seed: int
         torch.manual_seed(seed)
         model.classifier.reset_parameters()
         return model.eval()
+    from .checks import load_or_explain
+
+    path = model_path or minilm_path()
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialised classifier" notice is expected here
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_path or minilm_path(), num_labels=num_labels, local_files_only=True
+        model = load_or_explain(
+            lambda: AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, local_files_only=True
+            ),
+            "text.model_path",
+            path,
         )
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 
 import torch
 
 from common.cli import Command
+from common.errors import IncompatibleModelsError, PathNotFoundError, UserError, require_path
 from common.runtime import generator, select_device
 
+from .checks import TOKENIZER_FILES, has_tokenizer, load_or_explain, require_model_dir
 from .data import batches, encode, packed_windows, read_labelled_file
 from .method import (
     DEFAULT_EXCLUDE,
@@ -33,6 +36,7 @@ from .method import (
     head_inputs,
     kept_fraction,
     magnitude_prune,
+    name_list,
     output_change,
     wanda_prune,
 )
@@ -61,30 +65,99 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
 
 
-def _load(path: str, device: torch.device):
-    from transformers import AutoModelForSequenceClassification
+MODEL_HINT = "Pass a local model directory as save_pretrained writes it (config.json, weights, tokenizer)."
+DATA_HINT = "Pass a labelled CSV/TSV file with a header, or a JSON-lines file."
 
-    return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True).to(device).eval()
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every path and pattern the command reads, checked before transformers is called; one line each."""
+    require_model_dir(args.base, "--base", hint=MODEL_HINT)
+    require_model_dir(args.finetuned, "--finetuned", hint=MODEL_HINT)
+    for flag in ("val", "eval"):
+        if getattr(args, flag):
+            require_path(getattr(args, flag), f"--{flag}", kind="file", hint=DATA_HINT)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out: {args.out} exists and is not a directory; pass a directory to write the model to")
+    try:
+        re.compile(args.exclude)
+    except re.error as err:
+        raise UserError(f"--exclude: {args.exclude!r} is not a regular expression ({err})") from None
+
+
+def _load(path: str, device: torch.device, what: str, exclude: str):
+    """The classifier in ``path``; a tensor the checkpoint lacks (transformers would initialise it at random)
+    that is not excluded is refused, since its "delta" would be noise."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # missing tensors are reported below, in one line
+    try:
+        model, info = load_or_explain(
+            lambda: AutoModelForSequenceClassification.from_pretrained(
+                path, local_files_only=True, output_loading_info=True
+            ),
+            what,
+            path,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    pattern = re.compile(exclude) if exclude else None
+    missing = sorted(n for n in info.get("missing_keys", ()) if not (pattern and pattern.search(n)))
+    if missing:
+        raise IncompatibleModelsError(
+            f"{what}: {path} lacks {len(missing)} tensor(s) of its architecture, which transformers would "
+            f"initialise at random ({name_list(missing)}); pass the complete checkpoint, or add them to --exclude "
+            "if they are not deltas"
+        )
+    return model.to(device).eval()
+
+
+def _load_tokenizer(args: argparse.Namespace):
+    """The fine-tuned model's tokenizer, else the base model's (a fine-tune often keeps its base's)."""
+    from transformers import AutoTokenizer
+
+    if has_tokenizer(args.finetuned):
+        what, path = "--finetuned", args.finetuned
+    elif has_tokenizer(args.base):
+        log.info("--finetuned %s holds no tokenizer; using the one of --base %s", args.finetuned, args.base)
+        what, path = "--base", args.base
+    else:
+        raise PathNotFoundError(
+            f"--finetuned: neither {args.finetuned} nor --base {args.base} holds a tokenizer (none of "
+            f"{', '.join(TOKENIZER_FILES[:3])}, ...); save the tokenizer with the model (tokenizer.save_pretrained)"
+        )
+    return load_or_explain(lambda: AutoTokenizer.from_pretrained(path, local_files_only=True), what, path,
+                           "a tokenizer")  # fmt: skip
 
 
 def handle(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
-
     if not 0.0 <= args.rate < 1.0:
-        raise SystemExit(f"--rate must be in [0, 1), got {args.rate}")
+        raise UserError(f"--rate must be in [0, 1), got {args.rate}")
     fixed_q = None
     if args.rescale.startswith("q="):
-        fixed_q = float(args.rescale[2:])
+        try:
+            fixed_q = float(args.rescale[2:])
+        except ValueError:
+            raise UserError(f"--rescale {args.rescale}: q=<value> needs a number, e.g. q=0.05") from None
+        if not (1.0 - args.rate) * (1 - 1e-9) <= fixed_q <= 1.0:
+            raise UserError(f"--rescale {args.rescale}: q must lie in [1 - p, 1] = [{1 - args.rate:.6g}, 1]")
     elif args.rescale not in RULES:
-        raise SystemExit(f"--rescale must be one of {', '.join(RULES)} or q=<value>, got {args.rescale!r}")
+        raise UserError(f"--rescale must be one of {', '.join(RULES)} or q=<value>, got {args.rescale!r}")
     needs_val = args.rescale in ("labelled", "unlabelled", "analytical", "wanda")
     if needs_val and not args.val:
-        raise SystemExit(f"--rescale {args.rescale} needs --val")
+        raise UserError(f"--rescale {args.rescale} needs --val (labelled sentences to choose q on)")
+    check_arguments(args)
     device = select_device(args.device)
-    tokenizer = AutoTokenizer.from_pretrained(args.finetuned, local_files_only=True)
-    finetuned = _load(args.finetuned, device)
-    base = _load(args.base, device)
-    deltas = delta_parameters(base, finetuned, exclude=args.exclude)
+    tokenizer = _load_tokenizer(args)
+    finetuned = _load(args.finetuned, device, "--finetuned", args.exclude)
+    base = _load(args.base, device, "--base", args.exclude)
+    try:
+        deltas = delta_parameters(base, finetuned, exclude=args.exclude)
+    except IncompatibleModelsError as err:
+        raise IncompatibleModelsError(
+            f"--base {args.base} and --finetuned {args.finetuned}: {err} (--exclude sets the rule)"
+        ) from err
     pre_state = base.state_dict()
     probe = pruned_model(finetuned, pre_state, deltas)
     head = probe.get_submodule("classifier")

@@ -9,11 +9,13 @@ rescaling factor); a large-delta fine-tune; DAREx-L2 (AdamR-L2 fine-tunes, then 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from common.results import markdown_table as md_table
 from common.runtime import generator
 
 from . import synthetic
+from .checks import check_inputs, run_checks, text_input_checks
 from .config import DarexConfig, TextConfig
 from .data import Encoded, Example, batches, encode, group_split, packed_windows, read_labelled_file, rotten_tomatoes
 from .method import (
@@ -129,9 +132,7 @@ def load_task(text: TextConfig) -> TextTask:
             rotten_tomatoes(), {"test": text.n_test, "val": text.n_val, "train": text.n_train}, seed=text.split_seed
         )
     else:
-        missing = [k for k in ("train_file", "val_file", "test_file") if not getattr(text, k)]
-        if missing:
-            raise ValueError(f"task='files' needs {', '.join('text.' + m for m in missing)} (local labelled files)")
+        run_checks(text_input_checks(text))  # the three files exist (run() checked them already)
         splits = {
             "train": _limit(read_labelled_file(text.train_file), text.n_train, text.split_seed),
             "val": _limit(read_labelled_file(text.val_file), text.n_val, text.split_seed),
@@ -269,46 +270,61 @@ class RateResult:
     eta: float | None = None
 
 
+def _untimed(name: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
 def prune_at_rate(
-    bench: Bench, p: float, cfg: DarexConfig, mask_seeds: list[int], methods: tuple[str, ...]
-) -> RateResult:
+    bench: Bench, p: float, cfg: DarexConfig, mask_seeds: list[int], methods: tuple[str, ...],
+    phase: Callable[[str], contextlib.AbstractContextManager] = _untimed,
+) -> RateResult:  # fmt: skip
     """Every DPP method in ``methods`` at rate ``p``; q's are chosen with the first mask, then every mask
-    is scored on the test split with the chosen q."""
+    is scored on the test split with the chosen q.
+
+    ``phase`` is the run's ``RunContext.phase`` (default: no timing): choosing q is timed as "q search",
+    the test scores as "evaluation", drawing the pruned deltas inside either as "deltas and pruning"."""
     pc, d = cfg.prune, bench.deltas
     probe_seed = mask_seeds[0]
 
     def dare_with(q, mask_seed=probe_seed) -> Deltas:
-        return dare(d, p, q, generator(mask_seed))
+        with phase("deltas and pruning"):
+            return dare(d, p, q, generator(mask_seed))
 
     q_for: dict[str, float | dict[str, float] | None] = {"dare": None}
     inv_q: dict[str, float] = {"dare": 1.0 / (1.0 - p)}
     eta = None
-    if "darex_q_labelled" in methods:
-        q_for["darex_q_labelled"], _ = coarse_to_fine_q(
-            lambda q: bench.score(dare_with(q), "val"), p, pc.coarse, pc.fine, pc.patience
-        )
-    if "darex_q_unlabelled" in methods:
-        q_for["darex_q_unlabelled"], _ = coarse_to_fine_q(
-            lambda q: -bench.change(dare_with(q)), p, pc.coarse, pc.fine, pc.patience
-        )
-    if "darex_q_analytical" in methods and p > 0:
-        means = {name: s.mean for name, s in bench.stats.items()}
-        candidates = {e: analytical_layer_q(d, means, p, e) for e in pc.etas}
-        eta = min(candidates, key=lambda e: bench.change(dare_with(candidates[e])))
-        q_for["darex_q_analytical"] = candidates[eta]
-    if "darex_q_optimised" in methods and p in pc.optimise_rates:
-        q_for["darex_q_optimised"] = bench.optimised_q(p, probe_seed, pc.optimise_steps, pc.optimise_batch)
+    with phase("q search"):
+        if "darex_q_labelled" in methods:
+            q_for["darex_q_labelled"], _ = coarse_to_fine_q(
+                lambda q: bench.score(dare_with(q), "val"), p, pc.coarse, pc.fine, pc.patience
+            )
+        if "darex_q_unlabelled" in methods:
+            q_for["darex_q_unlabelled"], _ = coarse_to_fine_q(
+                lambda q: -bench.change(dare_with(q)), p, pc.coarse, pc.fine, pc.patience
+            )
+        if "darex_q_analytical" in methods and p > 0:
+            means = {name: s.mean for name, s in bench.stats.items()}
+            candidates = {e: analytical_layer_q(d, means, p, e) for e in pc.etas}
+            eta = min(candidates, key=lambda e: bench.change(dare_with(candidates[e])))
+            q_for["darex_q_analytical"] = candidates[eta]
+        if "darex_q_optimised" in methods and p in pc.optimise_rates:
+            q_for["darex_q_optimised"] = bench.optimised_q(p, probe_seed, pc.optimise_steps, pc.optimise_batch)
     for method, q in q_for.items():
         if isinstance(q, dict):
             inv_q[method] = sum(1.0 / v for v in q.values()) / len(q)
         elif q is not None:
             inv_q[method] = 1.0 / q
-    scores = {m: [bench.score(dare_with(q_for[m], s)) for s in mask_seeds] for m in RANDOM_METHODS if m in q_for}
-    if "magnitude" in methods:
-        scores["magnitude"] = [bench.score(magnitude_prune(d, p))]
-    if "wanda" in methods:
-        norms = {name: s.norm for name, s in bench.stats.items()}
-        scores["wanda"] = [bench.score(wanda_prune(d, p, norms))]
+    with phase("evaluation"):
+        scores = {m: [bench.score(dare_with(q_for[m], s)) for s in mask_seeds] for m in RANDOM_METHODS if m in q_for}
+        if "magnitude" in methods:
+            with phase("deltas and pruning"):
+                pruned = magnitude_prune(d, p)
+            scores["magnitude"] = [bench.score(pruned)]
+        if "wanda" in methods:
+            norms = {name: s.norm for name, s in bench.stats.items()}
+            with phase("deltas and pruning"):
+                pruned = wanda_prune(d, p, norms)
+            scores["wanda"] = [bench.score(pruned)]
     result = RateResult(scores=scores, inv_q=inv_q, eta=eta)
     log.info("%s p=%g: %s", bench.name, p, ", ".join(f"{m} {sum(v) / len(v):.1f}" for m, v in scores.items()))
     return result
@@ -334,7 +350,8 @@ def _mask_seeds(cfg: DarexConfig, seed: int) -> list[int]:
 
 
 def run_text(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
-    task = load_task(cfg.text)
+    with ctx.phase("data"):
+        task = load_task(cfg.text)
     n_train = len(task.train)
     metric_name = cfg.text.metric
     record = ctx.new_record(seeds=list(cfg.seeds))
@@ -350,17 +367,21 @@ def run_text(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
 
     for seed in cfg.seeds:
         masks = _mask_seeds(cfg, seed)
-        pretrained = load_classifier(cfg.text.model_path, cfg.text.num_labels, task.tokenizer.vocab_size, seed)
-        pretrained = pretrained.to(ctx.device)
-        finetuned = finetuned_model(cfg, ctx, task, finetune_spec(cfg, seed, n_train=n_train), "standard")
-        bench = Bench(pretrained, finetuned, task, cfg, f"standard (seed {seed})")
-        refs.setdefault("fine-tuned (unpruned)", []).append(bench.score(bench.deltas))
-        refs.setdefault("pre-trained encoder + fine-tuned head (all deltas dropped)", []).append(
-            bench.score({n: torch.zeros_like(v) for n, v in bench.deltas.items()})
-        )
-        stats.setdefault("standard", []).append(delta_statistics(bench.deltas))
+        with ctx.phase("fine-tuning"):  # loading the pre-trained model, then the (cached) fine-tune
+            pretrained = load_classifier(cfg.text.model_path, cfg.text.num_labels, task.tokenizer.vocab_size, seed)
+            pretrained = pretrained.to(ctx.device)
+            finetuned = finetuned_model(cfg, ctx, task, finetune_spec(cfg, seed, n_train=n_train), "standard")
+        with ctx.phase("deltas and pruning"):  # deltas, the label-free reference, calibration statistics
+            bench = Bench(pretrained, finetuned, task, cfg, f"standard (seed {seed})")
+        with ctx.phase("evaluation"):
+            refs.setdefault("fine-tuned (unpruned)", []).append(bench.score(bench.deltas))
+            refs.setdefault("pre-trained encoder + fine-tuned head (all deltas dropped)", []).append(
+                bench.score({n: torch.zeros_like(v) for n, v in bench.deltas.items()})
+            )
+        with ctx.phase("deltas and pruning"):
+            stats.setdefault("standard", []).append(delta_statistics(bench.deltas))
         for p in cfg.prune.rates:
-            result = prune_at_rate(bench, p, cfg, masks, tuple(METHODS))
+            result = prune_at_rate(bench, p, cfg, masks, tuple(METHODS), phase=ctx.phase)
             for method, values in result.scores.items():
                 main.setdefault((method, p), []).extend(values)
             for method, value in result.inv_q.items():
@@ -368,19 +389,27 @@ def run_text(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
             if result.eta is not None:
                 etas.setdefault(p, []).append(result.eta)
             if p == cfg.prune.figure_rate:
-                labelled_q = 1.0 / result.inv_q["darex_q_labelled"]
-                sparse = dare(bench.deltas, p, labelled_q, generator(masks[0]))
-                storage = _storage_sizes(bench, sparse)
-        curves.append(rescaling_curve(bench, cfg.prune.figure_rate, cfg.prune.figure_points, masks[0]))
+                with ctx.phase("storage"):
+                    labelled_q = 1.0 / result.inv_q["darex_q_labelled"]
+                    sparse = dare(bench.deltas, p, labelled_q, generator(masks[0]))
+                    storage = _storage_sizes(bench, sparse)
+        with ctx.phase("Fig. 1 curve"):
+            curves.append(rescaling_curve(bench, cfg.prune.figure_rate, cfg.prune.figure_points, masks[0]))
         del bench
 
         # Large deltas: the same fine-tune with a larger learning rate (paper §5's failure case for DARE).
         spec = finetune_spec(cfg, seed, lr=cfg.finetune.large_delta_lr, n_train=n_train)
-        bench = Bench(pretrained, finetuned_model(cfg, ctx, task, spec, "large-delta"), task, cfg, "large-delta")
-        large.setdefault("fine-tuned (unpruned)", []).append(bench.score(bench.deltas))
-        stats.setdefault("large-delta", []).append(delta_statistics(bench.deltas))
+        with ctx.phase("fine-tuning"):
+            finetuned = finetuned_model(cfg, ctx, task, spec, "large-delta")
+        with ctx.phase("deltas and pruning"):
+            bench = Bench(pretrained, finetuned, task, cfg, "large-delta")
+        with ctx.phase("evaluation"):
+            large.setdefault("fine-tuned (unpruned)", []).append(bench.score(bench.deltas))
+        with ctx.phase("deltas and pruning"):
+            stats.setdefault("large-delta", []).append(delta_statistics(bench.deltas))
         for p in cfg.prune.large_delta_rates:
-            result = prune_at_rate(bench, p, cfg, masks, ("dare", "darex_q_labelled", "magnitude", "wanda"))
+            result = prune_at_rate(bench, p, cfg, masks, ("dare", "darex_q_labelled", "magnitude", "wanda"),
+                                   phase=ctx.phase)  # fmt: skip
             for method, values in result.scores.items():
                 large.setdefault(f"{METHODS[method]}, p={p}", []).extend(values)
         del bench
@@ -390,10 +419,15 @@ def run_text(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
         for lam in cfg.finetune.adamr_lambdas:
             spec = finetune_spec(cfg, seed, optimizer="adamr-l2", weight_decay=lam, n_train=n_train)
             tag = f"adamr-l2-{lam}"
-            bench = Bench(pretrained, finetuned_model(cfg, ctx, task, spec, tag), task, cfg, tag)
-            l2.setdefault(f"λ={lam}: fine-tuned (unpruned)", []).append(bench.score(bench.deltas))
-            stats.setdefault(f"adamr-l2 λ={lam}", []).append(delta_statistics(bench.deltas))
-            result = prune_at_rate(bench, p, cfg, masks, ("dare", "darex_q_labelled"))
+            with ctx.phase("fine-tuning"):
+                finetuned = finetuned_model(cfg, ctx, task, spec, tag)
+            with ctx.phase("deltas and pruning"):
+                bench = Bench(pretrained, finetuned, task, cfg, tag)
+            with ctx.phase("evaluation"):
+                l2.setdefault(f"λ={lam}: fine-tuned (unpruned)", []).append(bench.score(bench.deltas))
+            with ctx.phase("deltas and pruning"):
+                stats.setdefault(f"adamr-l2 λ={lam}", []).append(delta_statistics(bench.deltas))
+            result = prune_at_rate(bench, p, cfg, masks, ("dare", "darex_q_labelled"), phase=ctx.phase)
             l2.setdefault(f"λ={lam}: DARE, p={p}", []).extend(result.scores["dare"])
             l2.setdefault(f"λ={lam}: DAREx-q (labelled q), p={p}", []).extend(result.scores["darex_q_labelled"])
             del bench
@@ -577,6 +611,7 @@ def _claims(record: RunRecord, cfg: DarexConfig) -> None:
 
 
 def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
+    check_inputs(cfg)  # every model directory and data file the config names, before any work
     if cfg.experiment == "synthetic":
         return synthetic.run(cfg, ctx)
     if cfg.experiment == "decoder":

@@ -16,6 +16,7 @@ from torch import nn
 from common.cli import RunContext
 from common.config import to_dict
 from common.counting import count_params
+from common.errors import check_finite
 from common.plotting import method_color, plt, savefig, style
 from common.results import RunRecord
 from common.runtime import generator, progress, seed_everything
@@ -34,13 +35,14 @@ TABLE = "DARE vs DAREx-q on the synthetic task (accuracy on held-out fine-tuning
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float, batch_size: int, seed: int,
           desc: str) -> nn.Module:  # fmt: skip
-    """Plain Adam on cross-entropy with seeded minibatches."""
+    """Plain Adam on cross-entropy with seeded minibatches; a NaN or infinite loss raises ``TrainingDivergedError``."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     g = generator(seed)
     model.train()
-    for _ in progress(range(steps), desc=desc):
+    for step in progress(range(steps), desc=desc):
         idx = torch.randint(len(x), (batch_size,), generator=g)
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        check_finite(loss, step=step, where=f"darex synthetic experiment, {desc}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -103,32 +105,40 @@ def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
     validation_curves: dict[float, list[list[float]]] = {p: [] for p in cfg.prune.rates}  # per mask, over the q grid
     for seed in cfg.seeds:
         key = {"synthetic": to_dict(syn), "seed": seed, "format": PAIR_FORMAT}
-        states = ctx.cache.get_or_create("finetuned-pair", key, functools.partial(_fine_tuned_pair, syn, seed))
-        pretrained, finetuned = _load_pair(states, syn)
-        tasks = _tasks(syn, seed)
-        x_val, y_val = tasks.sample("finetune", syn.n_val, seed=10 * seed + 3)
-        x_test, y_test = tasks.sample("finetune", syn.n_test, seed=10 * seed + 4)
-        acc.setdefault("pre-trained (no delta)", []).append(accuracy(pretrained, x_test, y_test))
-        acc.setdefault("fine-tuned (unpruned)", []).append(accuracy(finetuned, x_test, y_test))
-        deltas = delta_parameters(pretrained, finetuned, exclude=cfg.exclude)
-        n_delta = sum(d.numel() for d in deltas.values())
-        pruned_accuracy = PrunedAccuracy(pretrained, finetuned)
+        with ctx.phase("pre-training and fine-tuning"):  # cached
+            states = ctx.cache.get_or_create("finetuned-pair", key, functools.partial(_fine_tuned_pair, syn, seed))
+            pretrained, finetuned = _load_pair(states, syn)
+        with ctx.phase("data"):
+            tasks = _tasks(syn, seed)
+            x_val, y_val = tasks.sample("finetune", syn.n_val, seed=10 * seed + 3)
+            x_test, y_test = tasks.sample("finetune", syn.n_test, seed=10 * seed + 4)
+        with ctx.phase("evaluation"):
+            acc.setdefault("pre-trained (no delta)", []).append(accuracy(pretrained, x_test, y_test))
+            acc.setdefault("fine-tuned (unpruned)", []).append(accuracy(finetuned, x_test, y_test))
+        with ctx.phase("deltas and pruning"):
+            deltas = delta_parameters(pretrained, finetuned, exclude=cfg.exclude)
+            n_delta = sum(d.numel() for d in deltas.values())
+            pruned_accuracy = PrunedAccuracy(pretrained, finetuned)
         for p in cfg.prune.rates:
             for mask_index in cfg.prune.mask_seeds:
                 mask_seed = 1_000 * seed + mask_index  # a distinct mask per fine-tuned model
-                dare_delta = dare(deltas, p, generator=generator(mask_seed))
-                acc.setdefault(f"DARE, p={p}", []).append(pruned_accuracy(dare_delta, x_test, y_test))
-                kept[p].append(sum(int(d.count_nonzero()) for d in dare_delta.values()) / n_delta * 100)
+                with ctx.phase("deltas and pruning"):
+                    dare_delta = dare(deltas, p, generator=generator(mask_seed))
+                with ctx.phase("evaluation"):
+                    acc.setdefault(f"DARE, p={p}", []).append(pruned_accuracy(dare_delta, x_test, y_test))
+                    kept[p].append(sum(int(d.count_nonzero()) for d in dare_delta.values()) / n_delta * 100)
                 # DAREx-q: the same mask (same seed), rescaled by the q that is best on validation data.
                 on_validation = functools.partial(
                     pruned_accuracy.of_dare, deltas, p, mask_seed=mask_seed, x=x_val, y=y_val
                 )
-                q_best, scores = search_global_q(on_validation, q_grid(p, cfg.prune.q_grid_points))
+                with ctx.phase("q search"):
+                    q_best, scores = search_global_q(on_validation, q_grid(p, cfg.prune.q_grid_points))
                 inv_q[p].append(1.0 / q_best)
                 validation_curves[p].append(list(scores.values()))
-                acc.setdefault(f"DAREx-q (labelled global q), p={p}", []).append(
-                    pruned_accuracy.of_dare(deltas, p, q_best, mask_seed=mask_seed, x=x_test, y=y_test)
-                )
+                with ctx.phase("evaluation"):  # redraws the mask and rescales it by q_best
+                    acc.setdefault(f"DAREx-q (labelled global q), p={p}", []).append(
+                        pruned_accuracy.of_dare(deltas, p, q_best, mask_seed=mask_seed, x=x_test, y=y_test)
+                    )
 
     record = ctx.new_record(seeds=list(cfg.seeds))
     record.extra["mask_seeds"] = list(cfg.prune.mask_seeds)

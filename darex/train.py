@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.errors import check_finite
 from common.runtime import progress
 
 from .adamr import AdamR
@@ -30,8 +31,14 @@ class FinetuneSpec:
     seed: int = 0
 
 
-def finetune(model: nn.Module, train: Encoded, spec: FinetuneSpec, pad_id: int, desc: str = "fine-tune") -> nn.Module:
-    """Fine-tune ``model`` in place for ``spec.steps`` steps with linear warm-up and linear decay."""
+def finetune(model: nn.Module, train: Encoded, spec: FinetuneSpec, pad_id: int, desc: str = "fine-tune",
+             where: str | None = None) -> nn.Module:  # fmt: skip
+    """Fine-tune ``model`` in place for ``spec.steps`` steps with linear warm-up and linear decay.
+
+    A NaN or infinite loss raises :class:`common.errors.TrainingDivergedError` naming ``where`` (default: the
+    ``desc``, optimiser and seed) and the step.
+    """
+    where = where or f"darex {desc} ({spec.optimizer}, lr {spec.lr:g}), seed {spec.seed}"
     torch.manual_seed(spec.seed)
     params = []
     for name, p in model.named_parameters():
@@ -59,9 +66,10 @@ def finetune(model: nn.Module, train: Encoded, spec: FinetuneSpec, pad_id: int, 
             epoch += 1
 
     stream = iter(endless())
-    for _ in progress(range(spec.steps), desc=desc):
+    for step in progress(range(spec.steps), desc=desc):
         batch = {k: v.to(device) for k, v in next(stream).items()}
         loss = model(**batch).loss
+        check_finite(loss, step=step, where=where)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -24,11 +24,14 @@ is plain SDEdit (interpolate + noise + denoise).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import pywt
 import torch
 import torch.nn.functional as F
 
@@ -41,6 +44,165 @@ Codec = Callable[[torch.Tensor], torch.Tensor]
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+# ----------------------------------------------------------------------------------------------------
+# Argument checks: everything is validated before the first network call, and every message names the argument.
+
+UPSAMPLE_MODES = ("bicubic", "bilinear", "nearest")
+RENOISE_MODES = ("deterministic", "fresh")
+
+
+def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an int (bools and non-integral numbers are refused) in [minimum, maximum]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_real(value, name: str, minimum: float | None = None, *, strict: bool = False) -> float:
+    """``value`` as a finite float, ``>= minimum`` (``> minimum`` if ``strict``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    value = float(value)
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value:g}")
+    return value
+
+
+def check_sharpening_sigma(value, name: str = "sharpening_sigma") -> None:
+    """A blur sigma > 0, or a range ``(low, high)`` with 0 < low <= high to draw it from."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        check_real(value, name, 0.0, strict=True)
+        return
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ValueError(f"{name} must be a number > 0 or a pair (low, high), got {value!r}")
+    low = check_real(value[0], f"{name}[0]", 0.0, strict=True)
+    high = check_real(value[1], f"{name}[1]", 0.0, strict=True)
+    if low > high:
+        raise ValueError(f"{name} must be (low, high) with low <= high, got {tuple(value)}")
+
+
+def validate_stage_config(stage: StageConfig, names: Mapping[str, str] | None = None) -> None:
+    """Check every field of ``stage``; a message names the field as ``names`` maps it (default: the field name,
+    e.g. ``{"stage_steps": "noising_steps"}`` for the SDXL pipeline or ``stages.<field>`` for a config)."""
+    names = names or {}
+
+    def n(field: str) -> str:
+        return names.get(field, field)
+
+    fields = {f.name for f in dataclasses.fields(StageConfig)}
+    unknown = set(names) - fields
+    if unknown:
+        raise ValueError(f"names maps fields StageConfig does not have: {sorted(unknown)}")
+    factors = stage.scale_factors
+    if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence) or not factors:
+        raise ValueError(f"{n('scale_factors')} must be a non-empty sequence of increasing factors, got {factors!r}")
+    for i, f in enumerate(factors):
+        check_real(f, f"{n('scale_factors')}[{i}]", 0.0, strict=True)
+    if any(b <= a for a, b in itertools.pairwise(factors)):
+        raise ValueError(f"{n('scale_factors')} must be increasing, got {tuple(factors)}")
+    if stage.upsample_mode not in UPSAMPLE_MODES:
+        raise ValueError(f"{n('upsample_mode')} must be one of {UPSAMPLE_MODES}, got {stage.upsample_mode!r}")
+    check_real(stage.sharpening_alpha, n("sharpening_alpha"), 0.0)
+    size = check_int(stage.sharpening_kernel_size, n("sharpening_kernel_size"), 1)
+    if size % 2 == 0:
+        raise ValueError(f"{n('sharpening_kernel_size')} must be odd, got {size}")
+    check_sharpening_sigma(stage.sharpening_sigma, n("sharpening_sigma"))
+    check_real(stage.noise_sigma, n("noise_sigma"), 0.0, strict=True)
+    check_int(stage.stage_steps, n("stage_steps"), 1)
+    check_int(stage.dwt_steps, n("dwt_steps"), 0)
+    if stage.dwt_wave not in pywt.wavelist(kind="discrete"):
+        raise ValueError(f"{n('dwt_wave')} must be a discrete PyWavelets wavelet (haar, db4, sym4, ...), "
+                         f"got {stage.dwt_wave!r}")  # fmt: skip
+    check_int(stage.dwt_level, n("dwt_level"), 1)
+    if stage.dwt_mode not in dwt_lib.BOUNDARY_MODES:
+        raise ValueError(f"{n('dwt_mode')} must be one of {dwt_lib.BOUNDARY_MODES}, got {stage.dwt_mode!r}")
+    if stage.renoise not in RENOISE_MODES:
+        raise ValueError(f"{n('renoise')} must be one of {RENOISE_MODES}, got {stage.renoise!r}")
+    check_real(stage.diffusehigh_guidance_scale, n("diffusehigh_guidance_scale"), 0.0)
+
+
+def check_stage_sizes(
+    base: tuple[int, int],
+    sizes: Sequence[tuple[int, int]],
+    multiple: int = 1,
+    name: str = "size",
+) -> list[tuple[int, int]]:
+    """Stage sizes (H, W) that are positive multiples of ``multiple`` (a VAE's downsampling factor: other sizes
+    come back from encode/decode smaller, and the guide's LL band no longer fits) and grow from ``base`` stage by
+    stage (neither side smaller than the previous stage's, and not the same size)."""
+    if not sizes:
+        raise ValueError(f"{name}: need at least one stage size, got none")
+    previous, out = tuple(base), []
+    for k, size in enumerate(sizes):
+        label = f"{name}[{k}]" if len(sizes) > 1 else name
+        if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2:
+            raise ValueError(f"{label} must be (height, width), got {size!r}")
+        h, w = (check_int(v, f"{label} {side}", 1) for v, side in zip(size, ("height", "width"), strict=True))
+        for v, side in ((h, "height"), (w, "width")):
+            if v % multiple:
+                down, up = v // multiple * multiple, (v // multiple + 1) * multiple
+                use = f"{down} or {up}" if down else f"{up}"
+                raise ValueError(
+                    f"{label} {side} {v} is not a multiple of the VAE factor {multiple} (the autoencoder would "
+                    f"return {down}); use e.g. {use}"
+                )
+        if h < previous[0] or w < previous[1] or (h, w) == previous:
+            before = "the base" if k == 0 else f"stage {k - 1}"
+            raise ValueError(f"{label} ({h}, {w}) must be larger than {before} {previous}: stage sizes must increase")
+        previous = (h, w)
+        out.append(previous)
+    return out
+
+
+def check_levels(levels: NoiseLevels, name: str = "levels") -> None:
+    """A non-empty grid that starts above zero noise, with finite sigmas."""
+    if not isinstance(levels, NoiseLevels):
+        raise ValueError(f"{name} must be a NoiseLevels, got {type(levels).__name__}")
+    if len(levels) < 1:
+        raise ValueError(f"{name} must have at least one step")
+    if not all(math.isfinite(s) for s in levels.sigmas) or levels.sigmas[0] <= 0 or levels.sigmas[-1] < 0:
+        raise ValueError(f"{name} sigmas must be finite, start > 0 and end >= 0, got {levels.sigmas}")
+
+
+def check_image(x, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a floating (B, C, H, W) tensor, got {shape}")
+    if x.shape[0] < 1 or x.shape[-1] < 1 or x.shape[-2] < 1:
+        raise ValueError(f"{name} must not be empty, got {tuple(x.shape)}")
+
+
+def check_stage_call(
+    previous: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    levels: NoiseLevels,
+    stage: StageConfig,
+    clip_range: tuple[float, float] | None,
+    guidance_factor: float,
+    size_multiple: int,
+) -> list[tuple[int, int]]:
+    """Every argument of :func:`diffusehigh_stage` / :func:`diffusehigh`, before any network call."""
+    check_image(previous, "previous")
+    check_int(size_multiple, "size_multiple", 1)
+    check_levels(levels)
+    validate_stage_config(stage)
+    if clip_range is not None:
+        if len(clip_range) != 2:
+            raise ValueError(f"clip_range must be (low, high) or None, got {clip_range!r}")
+        low, high = (check_real(v, "clip_range") for v in clip_range)
+        if low >= high:
+            raise ValueError(f"clip_range must be (low, high) with low < high, got {tuple(clip_range)}")
+    factor = check_real(guidance_factor, "guidance_factor", 0.0)
+    if factor > 1:
+        raise ValueError(f"guidance_factor must be in [0, 1] (1 = the paper's hard LL replacement), got {factor:g}")
+    return check_stage_sizes(tuple(previous.shape[-2:]), sizes, size_multiple)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -209,12 +371,17 @@ def sample(
     generator: torch.Generator | None,
     device: torch.device | str = "cpu",
     decode: Codec = _identity,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Plain sampling from noise (the base image, and the "direct" high-resolution baseline).
 
-    Starts at z = eps * sqrt(1 + sigma_0^2), i.e. x_T = eps for a VP model, as DDIM and SDXL's Euler do.
+    Starts at z = eps * sqrt(1 + sigma_0^2), i.e. x_T = eps for a VP model, as DDIM and SDXL's Euler do. The noise
+    is drawn in float32 (the same draws for every ``dtype``) and the sampler runs in ``dtype``.
     """
-    like = torch.empty(0, device=device)
+    check_levels(levels)
+    if len(shape) < 2 or any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in shape):
+        raise ValueError(f"shape must be positive integer sizes, got {tuple(shape)}")
+    like = torch.empty(0, device=device, dtype=dtype)
     z = _randn(tuple(shape), generator, like) * math.sqrt(1 + levels.sigmas[0] ** 2)
     for i, t in enumerate(levels.timesteps):
         x0, eps = predict(denoise, z, levels.sigmas[i], t)
@@ -244,6 +411,7 @@ def diffusehigh_stage(
     decode: Codec = _identity,
     clip_range: tuple[float, float] | None = None,
     guidance_factor: float = 1.0,
+    size_multiple: int = 1,
 ) -> tuple[torch.Tensor, StageInfo]:
     """One DiffuseHigh stage from the previous stage's image (pixel space) to an image of ``size``.
 
@@ -255,9 +423,11 @@ def diffusehigh_stage(
     then the Euler step with eps rebuilt from x0_g (released code). The other steps are plain DDIM with the
     model's eps (see the module docstring). ``renoise="fresh"`` (old research code) replaces the guided steps'
     Euler step by x0_g + sigma' * fresh noise; unguided steps stay deterministic.
+
+    Every argument is checked before anything runs (:func:`check_stage_call`); ``size`` must be larger than
+    ``previous`` and a multiple of ``size_multiple`` (the autoencoder's downsampling factor; 1 for pixel models).
     """
-    if stage.dwt_steps < 0:
-        raise ValueError(f"dwt_steps must be >= 0, got {stage.dwt_steps}")
+    (size,) = check_stage_call(previous, [size], levels, stage, clip_range, guidance_factor, size_multiple)
     guide = upsample(previous, size, stage.upsample_mode)
     guide, used_sigma = sharpen(
         guide, stage.sharpening_alpha, stage.sharpening_kernel_size, stage.sharpening_sigma, generator
@@ -266,8 +436,6 @@ def diffusehigh_stage(
     guide_ll = dwt_lib.lowpass(guide, stage.dwt_wave, stage.dwt_level, stage.dwt_mode) if guided else None
     z0 = encode(guide)
     z = z0 + levels.sigmas[0] * _randn(z0.shape, generator, z0)
-    if stage.renoise not in ("deterministic", "fresh"):
-        raise ValueError(f"renoise must be 'deterministic' or 'fresh', got {stage.renoise!r}")
     for i, t in enumerate(levels.timesteps):
         sigma, sigma_next = levels.sigmas[i], levels.sigmas[i + 1]
         x0, eps = predict(denoise, z, sigma, t)
@@ -288,10 +456,12 @@ def diffusehigh_stage(
     return decode(z), info
 
 
-def stage_sizes(base: tuple[int, int], scale_factors: Sequence[float]) -> list[tuple[int, int]]:
-    """Target (H, W) of each stage: round(base * factor); factors must increase."""
-    if any(b <= a for a, b in itertools.pairwise(scale_factors)) or not scale_factors or scale_factors[0] <= 0:
-        raise ValueError(f"scale_factors must be positive and increasing, got {tuple(scale_factors)}")
+def stage_sizes(
+    base: tuple[int, int], scale_factors: Sequence[float], name: str = "scale_factors"
+) -> list[tuple[int, int]]:
+    """Target (H, W) of each stage: round(base * factor); factors must be positive and increase."""
+    if not scale_factors or any(b <= a for a, b in itertools.pairwise(scale_factors)) or scale_factors[0] <= 0:
+        raise ValueError(f"{name} must be positive and increasing, got {tuple(scale_factors)}")
     return [(round(base[0] * f), round(base[1] * f)) for f in scale_factors]
 
 
@@ -304,13 +474,21 @@ def diffusehigh(
     encode: Codec = _identity,
     decode: Codec = _identity,
     clip_range: tuple[float, float] | None = None,
+    size_multiple: int = 1,
 ) -> tuple[list[torch.Tensor], list[StageInfo]]:
     """The progressive pipeline: one :func:`diffusehigh_stage` per ``stage.scale_factors`` entry, each guided
-    by the previous stage's output. Returns every stage's image (the last is the result) and its info."""
+    by the previous stage's output. Returns every stage's image (the last is the result) and its info.
+
+    All stages' arguments and sizes are checked before the first stage runs."""
+    validate_stage_config(stage)
+    check_image(base_image, "base_image")
     sizes = stage_sizes(tuple(base_image.shape[-2:]), stage.scale_factors)
+    check_stage_call(base_image, sizes, levels, stage, clip_range, 1.0, size_multiple)
     images, infos, current = [], [], base_image
     for size in sizes:
-        current, info = diffusehigh_stage(current, size, denoise, levels, stage, generator, encode, decode, clip_range)
+        current, info = diffusehigh_stage(
+            current, size, denoise, levels, stage, generator, encode, decode, clip_range, size_multiple=size_multiple
+        )
         images.append(current)
         infos.append(info)
     return images, infos

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from common.errors import check_finite
 from common.runtime import progress
 
 from . import data as data_lib
@@ -102,6 +103,7 @@ def train_feature_net(cfg: DataConfig, steps: int, resolutions: tuple[int, ...],
         res = resolutions[step % len(resolutions)]
         images, targets = _render_with_targets(32, res, cfg, g)
         loss = F.mse_loss(net(images), targets)
+        check_finite(loss, step=step, where=f"diffusehigh KID feature-net training, seed {seed}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

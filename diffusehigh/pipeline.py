@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,12 @@ import torch
 from diffusers import DiffusionPipeline, EulerDiscreteScheduler, StableDiffusionXLPipeline
 from diffusers.utils import BaseOutput
 
+from common.errors import PathNotFoundError, UserError, require_path
+
 from . import core
 from .config import README_NEGATIVE_PROMPT, StageConfig
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 DEFAULT_PROMPTS = ("Cinematic photo of delicious chocolate icecream.",)
 """The official pipeline's demo prompt (notes 4); the paper preset's prompts when no prompt file is given."""
 
@@ -61,7 +65,7 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
         image = vae.decode(latent.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
         if upcast:
             vae.to(dtype=torch.float16)
-        return (image.float() / 2 + 0.5).clamp(0, 1)
+        return (image.to(self._stage_dtype()) / 2 + 0.5).clamp(0, 1)
 
     def _tiling_enabled(self) -> bool:
         return bool(getattr(self.vae, "use_tiling", False))
@@ -76,6 +80,114 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
         if output_type == "pt":
             return images
         return self.image_processor.postprocess(images * 2 - 1, output_type=output_type)
+
+    def _stage_dtype(self) -> torch.dtype:
+        """What the stages compute in (x0, the DWT, the Euler update): float32, as released (fp16 models are
+        upcast), or float64 for a float64 model (the tests' tight equivalence checks)."""
+        return torch.float64 if self.unet.dtype == torch.float64 else torch.float32
+
+    def _check_arguments(self, *, base_kwargs: dict, **kw) -> StageConfig:
+        """Check every argument of :meth:`__call__` before any network runs (the base image alone takes minutes on
+        SDXL); a ValueError (TypeError for an unknown keyword) names the argument. Returns the stages' config."""
+        if kw["output_type"] not in ("pil", "np", "pt"):
+            raise ValueError(
+                f"output_type must be 'pil', 'np' or 'pt', got {kw['output_type']!r} (DiffuseHigh's stages decode to "
+                "pixels for the DWT guidance, so no latent output is returned)"
+            )
+        if not isinstance(self.scheduler, EulerDiscreteScheduler):
+            raise ValueError(f"DiffuseHigh stages need an EulerDiscreteScheduler, got {type(self.scheduler).__name__}")
+        if self.scheduler.config.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"scheduler.config.prediction_type must be one of {PREDICTION_TYPES}, got "
+                f"{self.scheduler.config.prediction_type!r}"
+            )
+        generator = kw["generator"]
+        if isinstance(generator, list):
+            raise ValueError("generator: pass one torch.Generator (lists of generators are not supported)")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        for name in ("enable_dwt", "enable_sharpening", "enable_vae_tiling", "return_dict"):
+            if not isinstance(kw[name], bool):
+                raise ValueError(f"{name} must be True or False, got {kw[name]!r}")
+        unknown = sorted(set(base_kwargs) - _base_keywords())
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {unknown}: neither DiffuseHigh's nor SDXL's")
+        # The prompts and their embeddings, as the base pipeline checks them (the sizes are checked below with the
+        # VAE factor; check_inputs would hard-code 8, so it gets 0 x 0 here).
+        self.check_inputs(
+            prompt=kw["prompt"], prompt_2=kw["prompt_2"], height=0, width=0,
+            callback_steps=base_kwargs.get("callback_steps"), negative_prompt=kw["negative_prompt"],
+            negative_prompt_2=kw["negative_prompt_2"], prompt_embeds=kw["prompt_embeds"],
+            negative_prompt_embeds=kw["negative_prompt_embeds"], pooled_prompt_embeds=kw["pooled_prompt_embeds"],
+            negative_pooled_prompt_embeds=kw["negative_pooled_prompt_embeds"],
+            ip_adapter_image=base_kwargs.get("ip_adapter_image"),
+            ip_adapter_image_embeds=base_kwargs.get("ip_adapter_image_embeds"),
+            callback_on_step_end_tensor_inputs=base_kwargs.get("callback_on_step_end_tensor_inputs"),
+        )  # fmt: skip
+        steps = core.check_int(kw["num_inference_steps"], "num_inference_steps", 1)
+        core.check_int(kw["noising_steps"], "noising_steps", 1, steps)
+        per_prompt = core.check_int(kw["num_images_per_prompt"], "num_images_per_prompt", 1)
+        core.check_real(kw["guidance_scale"], "guidance_scale", 0.0)
+        factor = self.vae_scale_factor
+        guidance_image = kw["guidance_image"]
+        if guidance_image is None:
+            base = []
+            for name in ("height", "width"):
+                value = kw[name] or self.default_sample_size * factor
+                value = core.check_int(value, name, 1)
+                if value % factor:
+                    raise ValueError(f"{name} must be a multiple of the VAE factor {factor}, got {value}")
+                base.append(value)
+        else:
+            core.check_image(guidance_image, "guidance_image")
+            if guidance_image.shape[1] != 3:
+                raise ValueError(f"guidance_image must be (B, 3, h, w) in [0, 1], got {tuple(guidance_image.shape)}")
+            low, high = float(guidance_image.min()), float(guidance_image.max())
+            if not torch.isfinite(guidance_image).all() or low < 0.0 or high > 1.0:
+                raise ValueError(f"guidance_image values must be in [0, 1], got [{low:g}, {high:g}]")
+            prompt, embeds = kw["prompt"], kw["prompt_embeds"]
+            prompts = embeds.shape[0] if embeds is not None else 1 if isinstance(prompt, str) else len(prompt or ())
+            if guidance_image.shape[0] != prompts * per_prompt:
+                raise ValueError(
+                    f"guidance_image holds {guidance_image.shape[0]} images for {prompts} prompt(s) x "
+                    f"num_images_per_prompt={per_prompt}; they must match"
+                )
+            base = list(guidance_image.shape[-2:])
+        heights, widths = kw["target_height"], kw["target_width"]
+        for name, value in (("target_height", heights), ("target_width", widths)):
+            if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, (list, tuple)) or not value:
+                raise ValueError(f"{name} must be a non-empty list of sizes, one per stage, got {value!r}")
+        if len(heights) != len(widths):
+            raise ValueError(
+                f"target_height and target_width need the same, non-zero number of stages, got {len(heights)} and "
+                f"{len(widths)}"
+            )
+        sizes = []
+        for k, (h, w) in enumerate(zip(heights, widths, strict=True)):
+            sizes.append((core.check_int(h, f"target_height[{k}]", 1), core.check_int(w, f"target_width[{k}]", 1)))
+        try:
+            core.check_stage_sizes(tuple(base), sizes, factor, name="target size")
+        except ValueError as err:
+            raise ValueError(f"target_height/target_width: {err}") from None
+        sigma = kw["sharpening_sigma"]
+        core.check_sharpening_sigma(sigma, "sharpening_sigma")
+        stage = StageConfig(
+            upsample_mode=kw["upsample_mode"],
+            sharpening_alpha=kw["sharpening_alpha"] if kw["enable_sharpening"] else 0.0,
+            sharpening_kernel_size=kw["sharpening_kernel_size"],
+            sharpening_sigma=(float(sigma),) * 2 if isinstance(sigma, numbers.Real) else tuple(sigma),
+            stage_steps=kw["noising_steps"],
+            dwt_steps=kw["dwt_steps"] if kw["enable_dwt"] else 0,
+            dwt_wave=kw["dwt_wave"],
+            dwt_level=kw["dwt_level"],
+            dwt_mode=kw["dwt_mode"],
+            renoise=kw["renoise"],
+            diffusehigh_guidance_scale=kw["diffusehigh_guidance_scale"],
+        )
+        core.check_real(kw["sharpening_alpha"], "sharpening_alpha", 0.0)  # also when sharpening is off
+        core.check_int(kw["dwt_steps"], "dwt_steps", 0)  # also when the DWT guidance is off
+        core.validate_stage_config(stage, names={"stage_steps": "noising_steps"})
+        return stage
 
     @torch.no_grad()
     def __call__(
@@ -132,21 +244,24 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
         SDXL's micro-conditioning (``time_ids``) stays at the base size in every stage, as released; with
         ``guidance_image`` that base size is the guidance image's own (h, w), not ``height``/``width``.
         """
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(
-                f"output_type must be 'pil', 'np' or 'pt', got {output_type!r} (DiffuseHigh's stages decode to pixels "
-                "for the DWT guidance, so no latent output is returned)"
-            )
-        if not isinstance(self.scheduler, EulerDiscreteScheduler):
-            raise ValueError(f"DiffuseHigh stages need an EulerDiscreteScheduler, got {type(self.scheduler).__name__}")
-        if isinstance(generator, list):
-            raise ValueError("pass one torch.Generator (lists of generators are not supported)")
-        target_height, target_width = list(target_height), list(target_width)
-        if len(target_height) != len(target_width) or not target_height:
-            raise ValueError("target_height and target_width need the same, non-zero number of stages")
+        stage = self._check_arguments(
+            prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+            height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            diffusehigh_guidance_scale=diffusehigh_guidance_scale, target_height=target_height,
+            target_width=target_width, guidance_image=guidance_image, noising_steps=noising_steps,
+            enable_dwt=enable_dwt, dwt_level=dwt_level, dwt_wave=dwt_wave, dwt_mode=dwt_mode, dwt_steps=dwt_steps,
+            enable_sharpening=enable_sharpening, sharpening_kernel_size=sharpening_kernel_size,
+            sharpening_sigma=sharpening_sigma, sharpening_alpha=sharpening_alpha, upsample_mode=upsample_mode,
+            renoise=renoise, enable_vae_tiling=enable_vae_tiling, num_images_per_prompt=num_images_per_prompt,
+            generator=generator, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            output_type=output_type, return_dict=return_dict, base_kwargs=base_kwargs,
+        )  # fmt: skip
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
-        device = self._execution_device
+        target_sizes = [(int(h), int(w)) for h, w in zip(target_height, target_width, strict=True)]
+        levels = core.euler_stage_levels(self.scheduler, num_inference_steps, noising_steps)
+        device, work_dtype = self._execution_device, self._stage_dtype()
         if generator is None:
             generator = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
 
@@ -163,9 +278,7 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
             )[0]  # fmt: skip
             base = self._decode_vae_latent(latents)
         else:
-            base = guidance_image.to(device=device, dtype=torch.float32)
-            if base.dim() != 4 or base.shape[1] != 3:
-                raise ValueError(f"guidance_image must be (B, 3, h, w) in [0, 1], got {tuple(base.shape)}")
+            base = guidance_image.to(device=device, dtype=work_dtype)
             height, width = base.shape[-2:]
         batch = base.shape[0]
 
@@ -204,45 +317,25 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
                 sample=x_in.to(self.unet.dtype), timestep=timestep, encoder_hidden_states=embeds,
                 timestep_cond=timestep_cond, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
                 return_dict=False,
-            )[0].float()  # fmt: skip
+            )[0].to(work_dtype)  # fmt: skip
             if do_cfg:
                 uncond, cond = out.chunk(2)
                 out = uncond + diffusehigh_guidance_scale * (cond - uncond)
-            z = z.float()
+            z = z.to(work_dtype)
             if prediction_type == "epsilon":
                 return z - sigma * out
             if prediction_type == "v_prediction":
                 return out * (-sigma / math.sqrt(sigma**2 + 1)) + z / (sigma**2 + 1)
-            if prediction_type == "sample":
-                return out
-            raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+            return out  # "sample" (the prediction type was checked before the first UNet call)
 
-        stage = StageConfig(
-            upsample_mode=upsample_mode,
-            sharpening_alpha=sharpening_alpha if enable_sharpening else 0.0,
-            sharpening_kernel_size=sharpening_kernel_size,
-            sharpening_sigma=(
-                (float(sharpening_sigma),) * 2
-                if isinstance(sharpening_sigma, (int, float))
-                else tuple(sharpening_sigma)
-            ),
-            stage_steps=noising_steps,
-            dwt_steps=dwt_steps if enable_dwt else 0,
-            dwt_wave=dwt_wave,
-            dwt_level=dwt_level,
-            dwt_mode=dwt_mode,
-            renoise=renoise,
-            diffusehigh_guidance_scale=diffusehigh_guidance_scale,
-        )
-        levels = core.euler_stage_levels(self.scheduler, num_inference_steps, noising_steps)
         tiling_before = self._tiling_enabled()
         self._set_tiling(enable_vae_tiling or tiling_before)
         current, stage_outputs = base, []
         try:
-            for h, w in zip(target_height, target_width, strict=True):
+            for size in target_sizes:
                 current, _ = core.diffusehigh_stage(
-                    current, (int(h), int(w)), denoise, levels, stage, generator,
-                    encode=self._encode_vae_image, decode=self._decode_vae_latent,
+                    current, size, denoise, levels, stage, generator, encode=self._encode_vae_image,
+                    decode=self._decode_vae_latent, size_multiple=self.vae_scale_factor,
                 )  # fmt: skip
                 stage_outputs.append(current)
         finally:
@@ -261,15 +354,34 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
         return StableDiffusionXLPipeline.__call__(self, **kwargs)
 
 
+def _base_keywords() -> set[str]:
+    """Keywords that ``**base_kwargs`` may pass on to StableDiffusionXLPipeline.__call__ (the base image)."""
+    own = set(inspect.signature(DiffuseHighSDXLPipeline.__call__).parameters)
+    base = set(inspect.signature(StableDiffusionXLPipeline.__call__).parameters)
+    return (base - own - {"self", "kwargs"}) | {"callback", "callback_steps"}  # the last two: deprecated, still read
+
+
+SDXL_HINT = (
+    "Put stable-diffusion-xl-base-1.0 in diffusers layout (model_index.json, unet/, vae/, text_encoder/, "
+    "text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/) in a local directory and pass --set sdxl_path=/that/dir "
+    "(nothing is downloaded)."
+)
+
+
+def check_sdxl_dir(path: str | Path | None) -> Path:
+    """``path`` as a Path if it is a diffusers pipeline directory (has model_index.json); else a one-line
+    :class:`~common.errors.PathNotFoundError` that names ``sdxl_path`` and says what to put there."""
+    root = require_path(path, "sdxl_path (a local SDXL pipeline directory)", kind="dir", hint=SDXL_HINT)
+    if not (root / "model_index.json").is_file():
+        raise PathNotFoundError(
+            f"sdxl_path: {root} has no model_index.json, so it is no diffusers pipeline. {SDXL_HINT}"
+        )
+    return root
+
+
 def load_local_pipeline(path: str, dtype: str = "float16", device: torch.device | str = "cpu"):
     """``DiffuseHighSDXLPipeline`` from a local diffusers directory (never the hub); a clear error if missing."""
-    root = Path(path) if path else None
-    if root is None or not (root / "model_index.json").exists():
-        raise FileNotFoundError(
-            f"no SDXL pipeline at {path!r}: put stable-diffusion-xl-base-1.0 in diffusers layout (model_index.json, "
-            "unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/) in a local "
-            "directory and pass --set sdxl_path=/that/dir (nothing is downloaded)"
-        )
+    root = check_sdxl_dir(path)
     kwargs = {dtype_keyword(): getattr(torch, dtype)}
     pipe = DiffuseHighSDXLPipeline.from_pretrained(str(root), local_files_only=True, **kwargs)
     return pipe.to(device)
@@ -290,9 +402,11 @@ def read_prompts(path: str) -> list[str]:
     """One prompt per non-empty line of ``path``; the official demo prompt when ``path`` is empty."""
     if not path:
         return list(DEFAULT_PROMPTS)
-    prompts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    hint = "Pass --set prompts_path=/a/file.txt, or leave it empty for the official demo prompt."
+    file = require_path(path, "prompts_path (a text file, one prompt per line)", kind="file", hint=hint)
+    prompts = [line.strip() for line in file.read_text().splitlines() if line.strip()]
     if not prompts:
-        raise ValueError(f"{path} holds no prompts")
+        raise UserError(f"prompts_path: {file} holds no prompts (one prompt per non-empty line)")
     return prompts
 
 

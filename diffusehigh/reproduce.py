@@ -21,6 +21,7 @@ import torch
 from common import runtime
 from common.cli import Command, RunContext
 from common.config import ConfigError, config_hash, get_preset, override, to_dict
+from common.errors import require_path
 from common.results import (
     NOT_REPRODUCED,
     NOT_TESTABLE,
@@ -206,42 +207,126 @@ class PixelExperiment:
         self.memo = {k: v for k, v in self.memo.items() if k[0] != seed}
 
 
+def sampling_phase(variant: Variant) -> str:
+    """The run-time phase a variant's sampling is charged to: the stock sampler at the target size, DiffuseHigh
+    with DWT guidance (main rows and ablations), or the baselines (bicubic, and every stage run without DWT
+    guidance: SDEdit and the ablations that equal it)."""
+    if variant.kind == "direct":
+        return "sampling: direct"
+    if variant.kind == "bicubic" or variant.stage.dwt_steps == 0:
+        return "sampling: baselines"
+    return "sampling: DiffuseHigh"
+
+
 def _to01(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
 
 
+SDXL_VAE_FACTOR = 8
+"""SDXL's VAE downsampling factor: its base and stage sizes must be multiples of it."""
+
+
+def _stage_names(prefix: str = "stages.", **overrides: str) -> dict[str, str]:
+    names = {f.name: f"{prefix}{f.name}" for f in dataclasses.fields(StageConfig)}
+    return names | overrides
+
+
+def validate_config(cfg: DiffuseHighConfig) -> None:
+    """Check ``cfg`` before anything expensive (training, loading SDXL, sampling): the paper preset's paths, every
+    stage setting and ablation value, and that the stage sizes and step counts fit the model. Raises
+    :class:`~common.errors.UserError` (the CLI prints one line, exit status 2) naming the config key."""
+    m, s = cfg.model, cfg.stages
+    if m.backbone == "sdxl":  # paths first: the most common mistake, and nothing below needs the weights
+        from . import pipeline as pipeline_lib
+
+        pipeline_lib.check_sdxl_dir(cfg.sdxl_path)
+        pipeline_lib.read_prompts(cfg.prompts_path)
+        if cfg.metric_weights_path:
+            require_path(cfg.metric_weights_path, "metric_weights_path (a directory with Inception/CLIP weights)",
+                         kind="dir", hint="Pass --set metric_weights_path=/that/dir, or leave it empty.")  # fmt: skip
+    try:
+        if not cfg.seeds or any(isinstance(v, bool) or not isinstance(v, int) for v in cfg.seeds):
+            raise ValueError(f"seeds must be a non-empty tuple of integers, got {cfg.seeds!r}")
+        core.check_int(cfg.num_samples, "num_samples", 1)
+        core.check_int(cfg.save_images, "save_images", 0)
+        core.check_int(m.resolution, "model.resolution", 4)
+        core.check_int(m.num_inference_steps, "model.num_inference_steps", 1, m.num_train_timesteps)
+        core.check_real(m.guidance_scale, "model.guidance_scale", 0.0)
+        core.validate_stage_config(s, names=_stage_names())
+        grids = {"dwt_steps": cfg.ablation.dwt_steps, "sharpening_alpha": cfg.ablation.sharpening_alpha,
+                 "noise_sigma": cfg.ablation.noise_sigma, "dwt_wave": cfg.ablation.dwt_wave,
+                 "dwt_level": cfg.ablation.dwt_level}  # fmt: skip
+        for field, values in grids.items():
+            for v in values:
+                core.validate_stage_config(replace(s, **{field: v}), _stage_names(**{field: f"ablation.{field}"}))
+        for i, f in enumerate(cfg.ablation.scale_factors):
+            core.check_real(f, f"ablation.scale_factors[{i}]", 0.0, strict=True)
+        multiple = SDXL_VAE_FACTOR if m.backbone == "sdxl" else 1
+        base = (m.resolution, m.resolution)
+        if m.backbone == "sdxl" and m.resolution % multiple:
+            raise ValueError(f"model.resolution must be a multiple of SDXL's VAE factor {multiple}, got {m.resolution}")
+        core.check_stage_sizes(base, core.stage_sizes(base, s.scale_factors), multiple, "stages.scale_factors")
+        for f in cfg.ablation.scale_factors:  # each ablation runs one stage from the base
+            core.check_stage_sizes(base, core.stage_sizes(base, (f,)), multiple, "ablation.scale_factors")
+        if m.backbone == "sdxl":
+            if s.stage_steps > m.num_inference_steps:
+                raise ValueError(
+                    f"stages.stage_steps ({s.stage_steps}: the last steps of the Euler grid, released noising_steps) "
+                    f"must be <= model.num_inference_steps ({m.num_inference_steps})"
+                )
+        else:
+            if cfg.data.renderer != "textured_disk":
+                raise ValueError(
+                    "data.renderer must be 'textured_disk' for the pixel_unet backbone (its training data)"
+                )
+            if any(c % m.norm_num_groups for c in m.block_out_channels):
+                raise ValueError(f"model.norm_num_groups={m.norm_num_groups} must divide every channel of "
+                                 f"model.block_out_channels {m.block_out_channels}")  # fmt: skip
+            alphas = build_scheduler(m).alphas_cumprod
+            for sigma in (s.noise_sigma, *cfg.ablation.noise_sigma):
+                try:
+                    core.levels_from_sigma(alphas, sigma, s.stage_steps)
+                except ValueError as err:
+                    raise ValueError(f"stages.stage_steps / noise_sigma: {err}") from None
+    except ValueError as err:
+        raise config_lib.InvalidConfigError(str(err)) from None
+
+
 def run(cfg: DiffuseHighConfig, ctx: RunContext) -> RunRecord:
+    validate_config(cfg)
     if cfg.model.backbone == "sdxl":
         return run_sdxl(cfg, ctx)
-    if cfg.data.renderer != "textured_disk":
-        raise ValueError("the pixel_unet backbone needs data.renderer='textured_disk' (its training data)")
     runtime.seed_everything(cfg.seeds[0])
     dc, mt = cfg.data, cfg.metrics
-    unet, model_info = train_lib.get_base_model(cfg, ctx.preset, ctx.device, ctx.cache)
-    exp = PixelExperiment(cfg, unet, ctx.device)
+    with ctx.phase("base model"):  # the committed checkpoint, the cache, or training it now
+        unet, model_info = train_lib.get_base_model(cfg, ctx.preset, ctx.device, ctx.cache)
+        exp = PixelExperiment(cfg, unet, ctx.device)
     main, abl = plan(cfg)
     factors = sorted(set(main) | set(abl))
     record = ctx.new_record()
 
     # References rendered natively at every size, a second independent set as the KID floor, feature net.
     sizes = {1.0: exp.res, **{f: exp.size(f)[0] for f in factors}}
-    refs = {
-        f: data_lib.render_set(dc.num_reference_images, s, dc, data_lib.reference_seed(dc, s)) for f, s in sizes.items()
-    }
-    refs2 = {  # an independent real set: its KID to the references is the floor
-        f: data_lib.render_set(dc.num_reference_images, s, dc, data_lib.reference_seed(dc, s) + 1)
-        for f, s in sizes.items()
-    }
+    with ctx.phase("metrics"):
+        refs = {
+            f: data_lib.render_set(dc.num_reference_images, s, dc, data_lib.reference_seed(dc, s))
+            for f, s in sizes.items()
+        }
+        refs2 = {  # an independent real set: its KID to the references is the floor
+            f: data_lib.render_set(dc.num_reference_images, s, dc, data_lib.reference_seed(dc, s) + 1)
+            for f, s in sizes.items()
+        }
     net = None
     if mt.kid_feature_steps > 0:
         # Trained at every evaluated size (and the crop size): whole-image KID at 128x128 uses the same net.
         res_list = tuple(sorted({*sizes.values(), min(mt.patch_size, max(sizes.values()))}))
         key = {"data": to_dict(dc), "steps": mt.kid_feature_steps, "res": res_list, "format": 1}
-        state = ctx.cache.get_or_create(
-            "kid_net", key, lambda: metrics.train_feature_net(dc, mt.kid_feature_steps, res_list)
-        )
-        net = metrics.FeatureNet()
-        net.load_state_dict(state)
+        with ctx.phase("feature net"):  # KID's features (cached)
+            state = ctx.cache.get_or_create(
+                "kid_net", key, lambda: metrics.train_feature_net(dc, mt.kid_feature_steps, res_list)
+            )
+            net = metrics.FeatureNet()
+            net.load_state_dict(state)
 
     def feats(images01: torch.Tensor, crop_seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         if net is None:
@@ -251,7 +336,8 @@ def run(cfg: DiffuseHighConfig, ctx: RunContext) -> RunRecord:
             net, metrics.random_crops(images01, size, 4, crop_seed)
         )
 
-    ref_feats = {f: feats(refs[f], 7) for f in sizes}
+    with ctx.phase("metrics"):
+        ref_feats = {f: feats(refs[f], 7) for f in sizes}
 
     outcomes: dict[tuple[float, str], Outcome] = {}
     grid: dict[str, torch.Tensor] = {}
@@ -275,9 +361,10 @@ def run(cfg: DiffuseHighConfig, ctx: RunContext) -> RunRecord:
         if time_per_image is not None:
             o.add_scalar(M_TIME, time_per_image)
 
-    for f in sizes:  # the real references, measured like samples
-        values = measure(refs2[f], f, None, 0)
-        store(f, REAL, values, None)
+    with ctx.phase("metrics"):
+        for f in sizes:  # the real references, measured like samples
+            values = measure(refs2[f], f, None, 0)
+            store(f, REAL, values, None)
 
     variants: dict[str, Variant] = {}
     for conds in (*main.values(), *abl.values()):
@@ -286,23 +373,27 @@ def run(cfg: DiffuseHighConfig, ctx: RunContext) -> RunRecord:
     log.info("%d distinct variants x %d seeds x %d images", len(variants), len(cfg.seeds), cfg.num_samples)
     base_time = []
     for seed in cfg.seeds:
-        t0 = time.perf_counter()
-        base = exp.base(seed)
-        base_time.append((time.perf_counter() - t0) / len(base))
-        lr01 = _to01(base)
-        store(1.0, BASE, measure(lr01, 1.0, None, seed), base_time[-1])
+        with ctx.phase("sampling: base"):
+            t0 = time.perf_counter()
+            base = exp.base(seed)
+            base_time.append((time.perf_counter() - t0) / len(base))
+            lr01 = _to01(base)
+        with ctx.phase("metrics"):
+            store(1.0, BASE, measure(lr01, 1.0, None, seed), base_time[-1])
         generated: dict[str, dict[float, tuple[torch.Tensor, float]]] = {}
         for key, variant in runtime.progress(list(variants.items()), desc=f"seed {seed}: variants"):
-            generated[key] = {f: (_to01(x), t) for f, (x, t) in exp.run(variant, base, seed).items()}
+            with ctx.phase(sampling_phase(variant)):
+                generated[key] = {f: (_to01(x), t) for f, (x, t) in exp.run(variant, base, seed).items()}
         exp.forget(seed)
-        for table_conds in (main, abl):
-            for f, conds in table_conds.items():
-                for name, variant in conds.items():
-                    images01, t = generated[variant.key()][f]
-                    lr_ref = None if variant.kind == "direct" else lr01
-                    store(f, name, measure(images01, f, lr_ref, seed), t)
-                    if seed == cfg.seeds[0] and table_conds is main and f == max(main):
-                        grid[name] = images01[:6]
+        with ctx.phase("metrics"):
+            for table_conds in (main, abl):
+                for f, conds in table_conds.items():
+                    for name, variant in conds.items():
+                        images01, t = generated[variant.key()][f]
+                        lr_ref = None if variant.kind == "direct" else lr01
+                        store(f, name, measure(images01, f, lr_ref, seed), t)
+                        if seed == cfg.seeds[0] and table_conds is main and f == max(main):
+                            grid[name] = images01[:6]
         if seed == cfg.seeds[0]:
             grid[BASE] = lr01[:6]
             grid[REAL] = refs[max(main)][:6]
@@ -319,14 +410,16 @@ def run(cfg: DiffuseHighConfig, ctx: RunContext) -> RunRecord:
         for name in abl[f]:
             _add_outcome(record, table, name, outcomes[(f, name)], seeds)
 
-    claims = judge_claims(cfg, outcomes, main, abl, sizes)
+    with ctx.phase("metrics"):  # the claims' paired statistics
+        claims = judge_claims(cfg, outcomes, main, abl, sizes)
     for c in claims:
         record.claim(c["claim"], paper_evidence=c["paper"], our_evidence=c["evidence"], verdict=c["verdict"])
 
     figure_dir = ctx.out_dir / "figures"
     if grid:
-        _save_grid(grid, GRID_ROWS, figure_dir / "sample_grid.png",
-                   exp.size(max(main)))  # fmt: skip
+        with ctx.phase("sample grid"):
+            _save_grid(grid, GRID_ROWS, figure_dir / "sample_grid.png",
+                       exp.size(max(main)))  # fmt: skip
     levels = core.levels_from_sigma(exp.alphas, cfg.stages.noise_sigma, cfg.stages.stage_steps)
     record.extra.update(
         base_model={k: v for k, v in model_info.items() if k not in ("train_key",)}
@@ -685,7 +778,8 @@ def run_sdxl(cfg: DiffuseHighConfig, ctx: RunContext) -> RunRecord:
     the stage images of the first ``save_images`` prompts."""
     from .pipeline import load_local_pipeline, read_prompts
 
-    pipe = load_local_pipeline(cfg.sdxl_path, cfg.model.dtype, ctx.device)
+    with ctx.phase("base model"):
+        pipe = load_local_pipeline(cfg.sdxl_path, cfg.model.dtype, ctx.device)
     available = read_prompts(cfg.prompts_path)
     prompts = [available[i % len(available)] for i in range(cfg.num_samples)]  # cycled, a new seed per image
     if cfg.metric_weights_path:
@@ -710,33 +804,40 @@ def run_sdxl(cfg: DiffuseHighConfig, ctx: RunContext) -> RunRecord:
     image_dir = ctx.out_dir / "images"
     for i, prompt in enumerate(runtime.progress(prompts, desc="SDXL DiffuseHigh")):
         seed = cfg.seeds[0] + i
-        start = time.perf_counter()
-        out = pipe(prompt=prompt, **base_kw, **stage_kw, generator=runtime.generator(seed, ctx.device))
-        put("DiffuseHigh", M_TIME, time.perf_counter() - start)
-        lr = out.guidance_images.float().cpu()
-        stage_images = out.stage_images or [out.images]
-        for size, image in zip(targets, stage_images, strict=True):  # every stage: 2048^2 as well as 4096^2
-            hr = image.float().cpu()
-            put(f"DiffuseHigh, stage {size}", M_PSNR, metrics.lr_psnr(hr, lr))
-            put(f"DiffuseHigh, stage {size}", M_HF, 1e3 * metrics.highpass_energy(hr, hp))
-            bicubic = core.upsample(lr, hr.shape[-2:]).clamp(0, 1)
-            put(f"{BICUBIC}, {size}", M_HF, 1e3 * metrics.highpass_energy(bicubic, hp))
+        with ctx.phase("sampling: DiffuseHigh"):  # the base image and every stage
+            start = time.perf_counter()
+            out = pipe(prompt=prompt, **base_kw, **stage_kw, generator=runtime.generator(seed, ctx.device))
+            put("DiffuseHigh", M_TIME, time.perf_counter() - start)
+        with ctx.phase("metrics"):
+            lr = out.guidance_images.float().cpu()
+            stage_images = out.stage_images or [out.images]
+            for size, image in zip(targets, stage_images, strict=True):  # every stage: 2048^2 as well as 4096^2
+                hr = image.float().cpu()
+                put(f"DiffuseHigh, stage {size}", M_PSNR, metrics.lr_psnr(hr, lr))
+                put(f"DiffuseHigh, stage {size}", M_HF, 1e3 * metrics.highpass_energy(hr, hp))
+                bicubic = core.upsample(lr, hr.shape[-2:]).clamp(0, 1)
+                put(f"{BICUBIC}, {size}", M_HF, 1e3 * metrics.highpass_energy(bicubic, hp))
         if i < cfg.save_images:
-            _save_pngs(image_dir, i, {res: lr, **dict(zip(targets, stage_images, strict=True))})
+            with ctx.phase("saving images"):
+                _save_pngs(image_dir, i, {res: lr, **dict(zip(targets, stage_images, strict=True))})
         if "sdedit" in baselines:  # the same stages and random draws without DWT guidance
-            start = time.perf_counter()
-            sd = pipe(prompt=prompt, **base_kw, **{**stage_kw, "enable_dwt": False},
-                      generator=runtime.generator(seed, ctx.device))  # fmt: skip
-            put(SDEDIT, M_TIME, time.perf_counter() - start)
-            put(SDEDIT, M_PSNR, metrics.lr_psnr(sd.images.float().cpu(), sd.guidance_images.float().cpu()))
-            put(SDEDIT, M_HF, 1e3 * metrics.highpass_energy(sd.images.float().cpu(), hp))
+            with ctx.phase("sampling: baselines"):
+                start = time.perf_counter()
+                sd = pipe(prompt=prompt, **base_kw, **{**stage_kw, "enable_dwt": False},
+                          generator=runtime.generator(seed, ctx.device))  # fmt: skip
+                put(SDEDIT, M_TIME, time.perf_counter() - start)
+            with ctx.phase("metrics"):
+                put(SDEDIT, M_PSNR, metrics.lr_psnr(sd.images.float().cpu(), sd.guidance_images.float().cpu()))
+                put(SDEDIT, M_HF, 1e3 * metrics.highpass_energy(sd.images.float().cpu(), hp))
         if "direct" in baselines:  # the stock sampler at the final size (repeats objects in the paper's figures)
-            start = time.perf_counter()
-            size_kw = {**base_kw, "height": targets[-1], "width": targets[-1]}
-            g = runtime.generator(seed, ctx.device)
-            direct = pipe.sample_direct(prompt=prompt, **size_kw, generator=g, output_type="pt").images
-            put(DIRECT, M_TIME, time.perf_counter() - start)
-            put(DIRECT, M_HF, 1e3 * metrics.highpass_energy(torch.as_tensor(direct).float().cpu(), hp))
+            with ctx.phase("sampling: direct"):
+                start = time.perf_counter()
+                size_kw = {**base_kw, "height": targets[-1], "width": targets[-1]}
+                g = runtime.generator(seed, ctx.device)
+                direct = pipe.sample_direct(prompt=prompt, **size_kw, generator=g, output_type="pt").images
+                put(DIRECT, M_TIME, time.perf_counter() - start)
+            with ctx.phase("metrics"):
+                put(DIRECT, M_HF, 1e3 * metrics.highpass_energy(torch.as_tensor(direct).float().cpu(), hp))
     table = f"SDXL {res} -> {targets[-1]} (stages {targets})"
     note = f"{len(prompts)} prompts, {ctx.device}"
     for (setting, metric), values in acc.items():
@@ -789,6 +890,7 @@ def _train_handler(args: argparse.Namespace) -> int:
         raise SystemExit(f"python -m diffusehigh train: {err}") from None
     if cfg.model.backbone != "pixel_unet" or cfg.train.steps < 1:
         raise SystemExit(f"preset {args.preset!r} has no model to train (backbone {cfg.model.backbone!r})")
+    validate_config(cfg)  # a one-line error before minutes of training, not after
     device = runtime.select_device(args.device)
     threads = runtime.set_threads(args.threads)
     command = shlex.join(["python", "-m", "diffusehigh", "train", "--preset", args.preset]

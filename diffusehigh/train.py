@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from common.config import to_dict
+from common.errors import check_finite
 from common.runtime import ArtifactCache, key_hash, progress
 
 from . import data as data_lib
@@ -96,6 +97,8 @@ def train_base_model(cfg: DiffuseHighConfig, device: torch.device) -> tuple[dict
             mc.prediction_type
         ]
         loss = torch.nn.functional.mse_loss(unet(sample=x_t, timestep=t).sample, target)
+        value = loss.item()
+        check_finite(value, step=step, where=f"diffusehigh base UNet training, seed {tc.seed}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -103,7 +106,7 @@ def train_base_model(cfg: DiffuseHighConfig, device: torch.device) -> tuple[dict
         with torch.no_grad():
             for k, v in unet.state_dict().items():
                 ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay) if v.dtype.is_floating_point else ema[k].copy_(v)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        running = value if running is None else 0.98 * running + 0.02 * value
         if step % 50 == 0 or step == tc.steps - 1:
             losses.append([step, running])
             bar.set_postfix(loss=f"{running:.4f}")

@@ -99,19 +99,23 @@ class Runner:
                            in_channels=self.data.in_channels, shortcut=m.shortcut,
                            zero_init_last_bn=m.zero_init_last_bn).to(self.ctx.device)  # fmt: skip
 
-    def trained(self, tag: str, key: dict, create) -> nn.Module:
+    def trained(self, tag: str, key: dict, create, phase: str) -> nn.Module:
+        """The model ``create()`` trains, cached; training it or loading it from the cache is timed as ``phase``."""
+
         def make() -> dict:
             seed_everything(self.seed)
             return {k: v.cpu() for k, v in create().state_dict().items()}
 
-        state = self.ctx.cache.get_or_create(tag, {**self.base_key, **key}, make)
-        model = self.new_model()
-        model.load_state_dict(state)
+        with self.ctx.phase(phase):
+            state = self.ctx.cache.get_or_create(tag, {**self.base_key, **key}, make)
+            model = self.new_model()
+            model.load_state_dict(state)
         return model
 
     def baseline(self) -> nn.Module:
         return self.trained("baseline", {"train": to_dict(self.cfg.train)}, lambda: train_phase(
-            self.new_model(), self.data, self.cfg.train, self.seed, amp=self.cfg.amp, desc="baseline"))  # fmt: skip
+            self.new_model(), self.data, self.cfg.train, self.seed, amp=self.cfg.amp, desc="baseline",
+            where=f"masksparsity baseline training, seed {self.seed}"), "dense training")  # fmt: skip
 
     def sparsity_key(self) -> dict:
         return {"train": to_dict(self.cfg.train), "sparsity": to_dict(self.cfg.sparsity.schedule)}
@@ -123,10 +127,11 @@ class Runner:
             model = self.baseline()
             scope = None if sp.slimming_scope == "all_bn" else spec
             reg = slimming_regularizer(model, lam, sp.norm, scope)
-            return train_phase(model, self.data, sp.schedule, self.seed + 1, reg, self.cfg.amp, f"slimming {lam:g}")
+            return train_phase(model, self.data, sp.schedule, self.seed + 1, reg, self.cfg.amp, f"slimming {lam:g}",
+                               where=f"masksparsity slimming training (λ={lam:g}), seed {self.seed}")  # fmt: skip
 
         key = {**self.sparsity_key(), "lam": lam, "norm": sp.norm, "scope": sp.slimming_scope}
-        return self.trained("slimming", key, create)
+        return self.trained("slimming", key, create, "sparsity training")
 
     def masksparsity(self, spec: PruneSpec, mask: Mask, start: nn.Module, start_key: str) -> nn.Module:
         sp = self.cfg.sparsity
@@ -135,18 +140,20 @@ class Runner:
             model = self.new_model()
             model.load_state_dict(start.state_dict())
             reg = masksparsity_regularizer(model, spec, mask, sp.masksparsity_lambda, sp.norm, sp.regularize_beta)
-            return train_phase(model, self.data, sp.schedule, self.seed + 1, reg, self.cfg.amp, "masksparsity")
+            return train_phase(model, self.data, sp.schedule, self.seed + 1, reg, self.cfg.amp, "masksparsity",
+                               where=f"masksparsity MaskSparsity training, seed {self.seed}")  # fmt: skip
 
         key = {**self.sparsity_key(), "lam": sp.masksparsity_lambda, "norm": sp.norm, "beta": sp.regularize_beta,
                "start": start_key, "mask": {k: v.int().tolist() for k, v in mask.items()}}  # fmt: skip
-        return self.trained("masksparsity", key, create)
+        return self.trained("masksparsity", key, create, "sparsity training")
 
     def control(self) -> nn.Module:
         def create() -> nn.Module:
             return train_phase(self.baseline(), self.data, self.cfg.sparsity.schedule, self.seed + 1, None,
-                               self.cfg.amp, "control")  # fmt: skip
+                               self.cfg.amp, "control",
+                               where=f"masksparsity no-regularisation control training, seed {self.seed}")  # fmt: skip
 
-        return self.trained("control", self.sparsity_key(), create)
+        return self.trained("control", self.sparsity_key(), create, "controls")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -189,10 +196,11 @@ def run_seed(cfg: MaskSparsityConfig, ctx: RunContext, data: Data, seed: int) ->
     runner = Runner(cfg, ctx, data, seed)
     sp, pr = cfg.sparsity, cfg.prune
     base = runner.baseline()
-    spec = prune_spec(base, residual_groups=pr.residual_groups)
-    cost = MacModel(base, spec, data.example())
-    dense_cost = model_cost(base.eval(), data.example())
-    masks = _masks(cfg, runner, spec, cost)
+    with ctx.phase("pruning"):  # the masks (the Network Slimming run they come from is timed as its training)
+        spec = prune_spec(base, residual_groups=pr.residual_groups)
+        cost = MacModel(base, spec, data.example())
+        dense_cost = model_cost(base.eval(), data.example())
+        masks = _masks(cfg, runner, spec, cost)
 
     arms: dict[str, dict[str, nn.Module]] = {op: {} for op in masks}  # op -> label -> trained (unpruned) model
     shared: dict[str, nn.Module] = {BASELINE: base}
@@ -211,51 +219,63 @@ def run_seed(cfg: MaskSparsityConfig, ctx: RunContext, data: Data, seed: int) ->
             arms[op][MS] = runner.masksparsity(spec, mask, start, start_key)
 
     out: dict = {"pre": {}, "gamma": {}, "post": {}, "cost": {}, "speedup": {}, "masks": {}}
-    out["pre"][DENSE] = _pre_metrics(base, data)
-    for label, model in shared.items():
-        out["pre"].setdefault(label, _pre_metrics(model, data))
+    with ctx.phase("evaluation"):
+        out["pre"][DENSE] = _pre_metrics(base, data)
+        for label, model in shared.items():
+            out["pre"].setdefault(label, _pre_metrics(model, data))
     for op, mask in masks.items():
         out["masks"][op] = {k: int(v.sum()) for k, v in mask.items()}
         out["gamma"][op] = {}
-        for label, model in {DENSE: base, **{k: v for k, v in arms[op].items() if k != BASELINE}}.items():
-            if label == MS:
-                out["pre"][f"{MS} ({op})"] = _pre_metrics(model, data)
-            out["gamma"][op][label] = {**gamma_summary(model, spec, mask, pr.threshold),
-                                       "values": gamma_values(model, spec, mask)}  # fmt: skip
+        with ctx.phase("evaluation"):
+            for label, model in {DENSE: base, **{k: v for k, v in arms[op].items() if k != BASELINE}}.items():
+                if label == MS:
+                    out["pre"][f"{MS} ({op})"] = _pre_metrics(model, data)
+                out["gamma"][op][label] = {**gamma_summary(model, spec, mask, pr.threshold),
+                                           "values": gamma_values(model, spec, mask)}  # fmt: skip
         out["post"][op] = {}
         for label, model in arms[op].items():
             out["post"][op][label] = _prune_and_finetune(cfg, runner, spec, mask, model, label, op, dense_cost)
         if cfg.arms.scratch and MS in out["post"][op]:
-            out["post"][op][SCRATCH] = _scratch(cfg, runner, spec, mask, dense_cost, op)
+            with ctx.phase("controls"):
+                out["post"][op][SCRATCH] = _scratch(cfg, runner, spec, mask, dense_cost, op)
         pruned = out["post"][op].get(MS) or next(iter(out["post"][op].values()))
         out["cost"][op] = {"flops_reduction": pruned["flops_reduction"], "params_reduction": pruned["params_reduction"]}
     return out
 
 
 def _prune_and_finetune(cfg, runner: Runner, spec, mask, model, label, op, dense_cost) -> dict[str, float]:
-    pr, data = cfg.prune, runner.data
-    arm_mask = mask if pr.rule == "mask" else threshold_mask(model, spec, pr.threshold, pr.min_channels)
+    pr, data, phase = cfg.prune, runner.data, runner.ctx.phase
     res: dict[str, float] = {}
-    raw = prune(model, spec, arm_mask)
-    res["raw"] = evaluate(raw, data)[1]
-    if pr.fold_beta:
-        res["fold"] = evaluate(prune(model, spec, arm_mask, fold_beta=True), data)[1]
-    if pr.bn_recalibration_images:
-        recal = prune(model, spec, arm_mask)
-        recalibrate_bn(recal, calibration_batches(data, pr.bn_recalibration_images, runner.seed + 7))
-        res["recal"] = evaluate(recal, data)[1]
-    seed_everything(runner.seed + 3)
-    tuned = train_phase(raw, data, cfg.finetune, runner.seed + 2, None, cfg.amp, f"finetune {label}")
-    res["train_acc_ft"] = evaluate(tuned, data, "train_eval")[1]
-    res["ft"] = evaluate(tuned, data)[1]
-    pruned_cost = model_cost(tuned.eval(), data.example())
-    res["flops_reduction"] = 100 * (1 - pruned_cost.flops / dense_cost.flops)
-    res["params_reduction"] = 100 * (1 - pruned_cost.params / dense_cost.params)
-    res["params"] = count_params(tuned)
+    with phase("pruning"):  # incl. BN re-estimation; the accuracy right after pruning is timed as evaluation
+        arm_mask = mask if pr.rule == "mask" else threshold_mask(model, spec, pr.threshold, pr.min_channels)
+        raw = prune(model, spec, arm_mask)
+        with phase("evaluation"):
+            res["raw"] = evaluate(raw, data)[1]
+        if pr.fold_beta:
+            folded = prune(model, spec, arm_mask, fold_beta=True)
+            with phase("evaluation"):
+                res["fold"] = evaluate(folded, data)[1]
+        if pr.bn_recalibration_images:
+            recal = prune(model, spec, arm_mask)
+            recalibrate_bn(recal, calibration_batches(data, pr.bn_recalibration_images, runner.seed + 7))
+            with phase("evaluation"):
+                res["recal"] = evaluate(recal, data)[1]
+    with phase("fine-tuning"):
+        seed_everything(runner.seed + 3)
+        where = f"masksparsity fine-tune of the pruned {label} ({op}), seed {runner.seed}"
+        tuned = train_phase(raw, data, cfg.finetune, runner.seed + 2, None, cfg.amp, f"finetune {label}", where=where)
+    with phase("evaluation"):
+        res["train_acc_ft"] = evaluate(tuned, data, "train_eval")[1]
+        res["ft"] = evaluate(tuned, data)[1]
+        pruned_cost = model_cost(tuned.eval(), data.example())
+        res["flops_reduction"] = 100 * (1 - pruned_cost.flops / dense_cost.flops)
+        res["params_reduction"] = 100 * (1 - pruned_cost.params / dense_cost.params)
+        res["params"] = count_params(tuned)
     if label == MS:
         example = data.example(pr.latency_batch).normal_()
         dense = runner.baseline().eval()
-        res["speedup"] = compare_latency(dense, tuned.eval(), example, rounds=pr.latency_rounds).speedup
+        with phase("timing measurements"):
+            res["speedup"] = compare_latency(dense, tuned.eval(), example, rounds=pr.latency_rounds).speedup
     return res
 
 
@@ -265,12 +285,14 @@ def _scratch(cfg, runner: Runner, spec, mask, dense_cost, op) -> dict[str, float
     seed_everything(runner.seed + 5)
     model = prune(runner.new_model(), spec, mask)
     schedule = dataclasses.replace(cfg.train, epochs=cfg.train.epochs + cfg.finetune.epochs)
-    tuned = train_phase(model, runner.data, schedule, runner.seed + 4, None, cfg.amp, "scratch")
-    pruned_cost = model_cost(tuned.eval(), runner.data.example())
-    return {"ft": evaluate(tuned, runner.data)[1],
-            "train_acc_ft": evaluate(tuned, runner.data, "train_eval")[1],
-            "flops_reduction": 100 * (1 - pruned_cost.flops / dense_cost.flops),
-            "params_reduction": 100 * (1 - pruned_cost.params / dense_cost.params)}  # fmt: skip
+    tuned = train_phase(model, runner.data, schedule, runner.seed + 4, None, cfg.amp, "scratch",
+                        where=f"masksparsity scratch training ({op}), seed {runner.seed}")  # fmt: skip
+    with runner.ctx.phase("evaluation"):
+        pruned_cost = model_cost(tuned.eval(), runner.data.example())
+        return {"ft": evaluate(tuned, runner.data)[1],
+                "train_acc_ft": evaluate(tuned, runner.data, "train_eval")[1],
+                "flops_reduction": 100 * (1 - pruned_cost.flops / dense_cost.flops),
+                "params_reduction": 100 * (1 - pruned_cost.params / dense_cost.params)}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -278,7 +300,8 @@ def _scratch(cfg, runner: Runner, spec, mask, dense_cost, op) -> dict[str, float
 
 
 def run(cfg: MaskSparsityConfig, ctx: RunContext) -> RunRecord:
-    data = Data(cfg.data, ctx.device)
+    with ctx.phase("data"):
+        data = Data(cfg.data, ctx.device)
     record = ctx.new_record()
     per_seed = []
     for seed in cfg.seeds:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import data as cdata
+from common.errors import check_finite
 from common.runtime import generator, progress
 
 from .config import DataConfig, Schedule
@@ -147,8 +148,13 @@ def train_phase(
     regularizer: Callable[[float], None] | None = None,
     amp: bool = False,
     desc: str = "train",
+    where: str | None = None,
 ) -> nn.Module:
-    """SGD (Nesterov) over ``schedule``; ``regularizer(lr)`` adds the γ sub-gradient before each step."""
+    """SGD (Nesterov) over ``schedule``; ``regularizer(lr)`` adds the γ sub-gradient before each step.
+
+    A NaN or infinite loss raises :class:`common.errors.TrainingDivergedError` naming ``where`` (default:
+    ``desc``) and the step.
+    """
     model.to(data.device).train()
     opt = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=schedule.momentum,
                           nesterov=schedule.nesterov and schedule.momentum > 0,
@@ -162,6 +168,7 @@ def train_phase(
                 group["lr"] = lr
             with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = F.cross_entropy(model(x), y)
+            check_finite(loss, step=epoch * steps + i, where=where or desc)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if regularizer is not None:

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from common.errors import check_finite
 from common.runtime import generator
 
 from .config import KDConfig
@@ -130,11 +131,13 @@ def prune(
     progress_bar=None,
     mixup=None,
     amp: bool = False,
+    where: str = "nvit KD pruning",
 ) -> PruneRun:
     """Prune ``model`` in place until its LUT latency (or MACs, ``target_metric="flops"``) is at most every target ×
     the dense model's.
 
-    Returns the snapshots (one per target, in decreasing order of target) and a per-step history.
+    Returns the snapshots (one per target, in decreasing order of target) and a per-step history. A NaN or
+    infinite KD loss raises :class:`common.errors.TrainingDivergedError` naming ``where`` and the batch.
     """
     s = settings
     dense_dims = model.dims
@@ -178,6 +181,8 @@ def prune(
             with autocast(device, amp):
                 loss = kd_objective(model, x, y, teacher=teacher, kl_coeff=s.kl_coeff, tau=s.tau, kd=kd,
                                     cnn_teacher=cnn_teacher)  # fmt: skip
+            value = float(loss.detach())
+            check_finite(value, step=batches_used, where=where)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             acc.add_batch(model)
@@ -212,7 +217,7 @@ def prune(
             check_targets(step)
         dims = model.current_dims()
         run.history.append({"step": step, "batches": batches_used, "latency_ratio": lut.model_latency(dims) / dense_lat,
-                            "macs_ratio": vit_macs(dims) / dense_macs, "loss": float(loss.detach())})  # fmt: skip
+                            "macs_ratio": vit_macs(dims) / dense_macs, "loss": value})  # fmt: skip
         if progress_bar is not None:
             progress_bar.set_postfix(step=step, lat=f"{run.history[-1]['latency_ratio']:.3f}")
         if not pending:

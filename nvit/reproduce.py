@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from common.cli import RunContext, default_report
-from common.config import to_dict
+from common.config import ConfigError, to_dict
 from common.counting import count_params, model_cost
 from common.data import DatasetNotFoundError
+from common.errors import PathNotFoundError
 from common.latency import compare_latency
 from common.plotting import method_color, method_marker, plt, savefig, style
 from common.results import (
@@ -80,7 +81,7 @@ def load_pretrained(cfg: NViTConfig) -> FlexViT:
     """The dense model from ``model.pretrained_path``: a timm model name + its state dict (fused qkv ok)."""
     path = Path(cfg.model.pretrained_path).expanduser()
     if not cfg.model.pretrained_path or not path.is_file():
-        raise FileNotFoundError(
+        raise PathNotFoundError(
             f"model.pretrained_path={cfg.model.pretrained_path!r} is not a file. Put the dense weights to prune there "
             f"(paper: deit_base_distilled_patch16_224, a timm/DeiT state dict) and pass "
             "--set model.pretrained_path=/path/to/weights.pth"
@@ -104,7 +105,7 @@ def load_cnn_teacher(cfg: NViTConfig, device: torch.device):
         return None
     path = Path(cfg.kd.cnn_teacher_path).expanduser()
     if not cfg.kd.cnn_teacher_path or not path.is_file():
-        raise FileNotFoundError(
+        raise PathNotFoundError(
             f"kd.cnn_teacher_path={cfg.kd.cnn_teacher_path!r} is not a file. Put the CNN teacher's weights there "
             f"(paper: RegNetY-16GF, timm {cfg.kd.cnn_teacher!r}) or set --set kd.cnn_teacher=''"
         )
@@ -130,11 +131,11 @@ def check_inputs(cfg: NViTConfig) -> None:
                          ("finetune.scratch_targets", cfg.finetune.scratch_targets)):  # fmt: skip
         missing = [c for c in chosen if not any(abs(c - t) < 1e-9 for t in targets)]
         if missing:
-            raise ValueError(f"{name}={chosen} must be a subset of prune.latency_targets={targets} (not: {missing})")
+            raise ConfigError(f"{name}={chosen} must be a subset of prune.latency_targets={targets} (not: {missing})")
     if cfg.dense.epochs == 0:
         path = Path(cfg.model.pretrained_path).expanduser()
         if not cfg.model.pretrained_path or not path.is_file():
-            raise FileNotFoundError(
+            raise PathNotFoundError(
                 f"dense.epochs == 0 needs model.pretrained_path (got {cfg.model.pretrained_path!r}). Put the dense "
                 "weights there (paper: deit_base_distilled_patch16_224) or train here with --set dense.epochs=N"
             )
@@ -252,12 +253,14 @@ class Experiment:
         seed_everything(seed + 5000)
         model = FlexViT(dims).to(self.device)
         if cfg.dense.epochs:
-            train_dense(model, self.data, cfg.dense, seed=seed + 5000, device=self.device, **self.train_extras)
+            train_dense(model, self.data, cfg.dense, seed=seed + 5000, device=self.device,
+                        where=f"nvit scratch baseline, dense recipe, seed {seed}", **self.train_extras)  # fmt: skip
         lr = cfg.finetune.lr * (cfg.finetune.batch_size / 512 if cfg.finetune.scale_lr_by_batch else 1.0)
         train_steps(model, batches(self.data.train, cfg.finetune.batch_size, seed + 6000), kd_steps, lr=lr,
                     weight_decay=cfg.finetune.weight_decay, device=self.device, teacher=teacher,
                     kl_coeff=cfg.kd.finetune_kl_coeff, tau=cfg.kd.finetune_tau, kd=cfg.kd, desc="scratch",
-                    cnn_teacher=self.cnn_teacher, **self.train_extras)  # fmt: skip
+                    cnn_teacher=self.cnn_teacher, where=f"nvit scratch baseline, KD recipe, seed {seed}",
+                    **self.train_extras)  # fmt: skip
         return model
 
     # ---------------------------------------------------------------- C1
@@ -368,7 +371,7 @@ class Experiment:
             stream = batches(self.data.train, cfg.prune.batch_size, seed)
             run = prune(student, dense, stream, dataclasses.replace(settings, targets=tuple(tgs)), self.lut,
                         device=self.device, kd=cfg.kd, seed=seed, cnn_teacher=self.cnn_teacher,
-                        **self.train_extras)  # fmt: skip
+                        where=f"nvit KD pruning ({label}), seed {seed}", **self.train_extras)  # fmt: skip
             snapshots += run.snapshots
             runs.append(run)
         return {"label": label, "eta": runs[0].eta, "history": runs[0].history,
@@ -390,13 +393,14 @@ class Experiment:
         return self.ctx.cache.get_or_create("finish", key, create)
 
     def finish_snapshot(self, dense: FlexViT, dense_cost, snap, label: str, seed: int, budget: int) -> dict:
-        cfg = self.cfg
+        cfg, ctx = self.cfg, self.ctx
         masked = snap.model(dense.dims).to(self.device).eval()
-        after_prune = evaluate(masked, self.data.test, self.device)
-        small = to_dense(masked).eval()
-        xb = next(iter(torch.utils.data.DataLoader(self.data.test, batch_size=64)))[0].to(self.device)
-        with torch.no_grad():
-            equiv = float((masked(xb) - small(xb)).abs().max())
+        with ctx.phase("evaluation"):  # top-1 after pruning; the masked vs converted dense model check
+            after_prune = evaluate(masked, self.data.test, self.device)
+            small = to_dense(masked).eval()
+            xb = next(iter(torch.utils.data.DataLoader(self.data.test, batch_size=64)))[0].to(self.device)
+            with torch.no_grad():
+                equiv = float((masked(xb) - small(xb)).abs().max())
         top_up = max(0, budget - snap.batches)
         ft_steps = top_up + cfg.finetune.epochs * self.bpe
         lr = cfg.finetune.lr * (cfg.finetune.batch_size / 512 if cfg.finetune.scale_lr_by_batch else 1.0)
@@ -406,12 +410,15 @@ class Experiment:
                         weight_decay=cfg.finetune.weight_decay, device=self.device, teacher=dense,
                         kl_coeff=cfg.kd.finetune_kl_coeff, tau=cfg.kd.finetune_tau, kd=cfg.kd,
                         desc=f"fine-tune {label}", cnn_teacher=self.cnn_teacher,
+                        where=f"nvit KD fine-tune ({label} at target {snap.target:g}), seed {seed}",
                         **self.train_extras)  # fmt: skip
-        after_ft = evaluate(small, self.data.test, self.device)
-        cost = model_cost(small.cpu(), self.example)
-        small.to(self.device)
-        cmp = compare_latency(dense, small, self.timing_inputs, rounds=cfg.latency.timing_repeats,
-                              warmup=max(1, cfg.latency.timing_repeats // 4))  # fmt: skip
+        with ctx.phase("evaluation"):
+            after_ft = evaluate(small, self.data.test, self.device)
+            cost = model_cost(small.cpu(), self.example)
+            small.to(self.device)
+        with ctx.phase("timing measurements"):
+            cmp = compare_latency(dense, small, self.timing_inputs, rounds=cfg.latency.timing_repeats,
+                                  warmup=max(1, cfg.latency.timing_repeats // 4))  # fmt: skip
         result = {
             "target": snap.target, "step": snap.step, "prune_batches": snap.batches, "top_up_batches": top_up,
             "kd_batches": snap.batches + ft_steps, "latency_ratio_lut": snap.latency_ratio,
@@ -426,8 +433,9 @@ class Experiment:
             # equal total compute: the dense model's training batches + this model's KD batches
             dense_batches = cfg.dense.epochs * batches_per_epoch(self.data, cfg.dense.batch_size)
             kd_steps = snap.batches + ft_steps
-            scratch = self.scratch_train(dataclasses.replace(snap.dims, scale=()), kd_steps, seed, teacher=dense)
-            result["top1_scratch"] = evaluate(scratch, self.data.test, self.device)["top1"]
+            with ctx.phase("controls"):  # the from-scratch control, its training and its evaluation
+                scratch = self.scratch_train(dataclasses.replace(snap.dims, scale=()), kd_steps, seed, teacher=dense)
+                result["top1_scratch"] = evaluate(scratch, self.data.test, self.device)["top1"]
             result["scratch_steps"] = dense_batches + kd_steps
             result["scratch_dense_steps"] = dense_batches
         return result
@@ -445,7 +453,8 @@ class Experiment:
         def train(d: ViTDims) -> dict:
             seed_everything(0)
             model = FlexViT(d).to(self.device)
-            train_dense(model, self.data, dense_cfg, seed=0, device=self.device, **self.train_extras)
+            train_dense(model, self.data, dense_cfg, seed=0, device=self.device,
+                        where="nvit ReViT comparison training, seed 0", **self.train_extras)  # fmt: skip
             return {"top1": evaluate(model, self.data.test, self.device)["top1"], "params": count_params(model),
                     "macs": model_cost(model.cpu(), self.example).macs}  # fmt: skip
 
@@ -476,41 +485,52 @@ def equal_kd_budget(configured: int, pruning_batches: list[int]) -> tuple[int, i
 
 
 def run(cfg: NViTConfig, ctx: RunContext) -> RunRecord:
-    exp = Experiment(cfg, ctx)
-    dense = exp.dense()
-    exp.lut = build_lut(cfg, ctx, dense.dims.tokens)
-    if cfg.latency.lut == "measured" and not cfg.latency.lut_path:
-        exp.lut.save(ctx.out_dir / "latency_table.json")  # reusable with --set latency.lut_path=...
-    dense_eval = evaluate(dense, exp.data.test, ctx.device)
-    dense_cost = model_cost(copy.deepcopy(dense).cpu(), exp.example)
+    # Phases of the record's time breakdown (provenance["phases_s"]). The cached stages are wrapped whole, so a
+    # cache hit costs ~0 s in its phase. Inside "fine-tuning" (finish_snapshot), the evaluations, the latency
+    # timing and the from-scratch control are charged to "evaluation", "timing measurements" and "controls".
+    with ctx.phase("data"):
+        exp = Experiment(cfg, ctx)
+    with ctx.phase("dense training"):
+        dense = exp.dense()
+    with ctx.phase("timing measurements"):  # the latency table (timed when latency.lut == "measured")
+        exp.lut = build_lut(cfg, ctx, dense.dims.tokens)
+        if cfg.latency.lut == "measured" and not cfg.latency.lut_path:
+            exp.lut.save(ctx.out_dir / "latency_table.json")  # reusable with --set latency.lut_path=...
+    with ctx.phase("evaluation"):
+        dense_eval = evaluate(dense, exp.data.test, ctx.device)
+        dense_cost = model_cost(copy.deepcopy(dense).cpu(), exp.example)
     log.info("dense model: top-1 %.2f%%, %d params, %.2f MFLOPs", dense_eval["top1"], dense_cost.params,
              dense_cost.flops / 1e6)  # fmt: skip
-    gate_err = exp.gate_identity(dense)
     per_seed = []
-    for seed in cfg.seeds:
-        entry = {"seed": seed}
-        if cfg.score_check.groups:
-            entry["score_check"] = ctx.cache.get_or_create("score", {**exp.key, "seed": seed},
-                                                           lambda s=seed: exp.score_check(dense, s))  # fmt: skip
-        per_seed.append(entry)
+    with ctx.phase("scoring"):  # the gate identity (C1) and the score-vs-true-loss check (C2)
+        gate_err = exp.gate_identity(dense)
+        for seed in cfg.seeds:
+            entry = {"seed": seed}
+            if cfg.score_check.groups:
+                entry["score_check"] = ctx.cache.get_or_create("score", {**exp.key, "seed": seed},
+                                                               lambda s=seed: exp.score_check(dense, s))  # fmt: skip
+            per_seed.append(entry)
     # phase 1: every pruning run; phase 2: the same KD budget for all, at least the most pruning batches any used
     pruned = {}
-    for entry in per_seed:
-        for label, targets in method_labels(cfg):
-            log.info("seed %d: pruning %s", entry["seed"], label)
-            pruned[entry["seed"], label] = exp.prune_method(dense, label, targets, entry["seed"])
+    with ctx.phase("pruning"):  # every method's KD pruning run (NViT, the baselines, the η ablation)
+        for entry in per_seed:
+            for label, targets in method_labels(cfg):
+                log.info("seed %d: pruning %s", entry["seed"], label)
+                pruned[entry["seed"], label] = exp.prune_method(dense, label, targets, entry["seed"])
     most, budget = equal_kd_budget(cfg.prune.kd_budget_batches, [s.batches for p in pruned.values()
                                                                  for s in p["snapshots"]])  # fmt: skip
     if budget > cfg.prune.kd_budget_batches:
         log.warning("KD budget raised from %d to %d batches: a run needed that many pruning batches",
                     cfg.prune.kd_budget_batches, budget)  # fmt: skip
-    for entry in per_seed:
-        entry["methods"] = {}
-        for label, _ in method_labels(cfg):
-            log.info("seed %d: fine-tuning %s", entry["seed"], label)
-            entry["methods"][label] = exp.finish_method(dense, dense_cost, pruned[entry["seed"], label], entry["seed"],
-                                                        budget)  # fmt: skip
-    revit = exp.revit(dense, dense_eval["top1"])
+    with ctx.phase("fine-tuning"):  # conversion, KD top-up + fine-tune of every snapshot (see finish_snapshot)
+        for entry in per_seed:
+            entry["methods"] = {}
+            for label, _ in method_labels(cfg):
+                log.info("seed %d: fine-tuning %s", entry["seed"], label)
+                entry["methods"][label] = exp.finish_method(dense, dense_cost, pruned[entry["seed"], label],
+                                                            entry["seed"], budget)  # fmt: skip
+    with ctx.phase("controls"):  # the ReViT rule vs the uniform model, both from scratch
+        revit = exp.revit(dense, dense_eval["top1"])
     record = ctx.new_record()
     record.extra = {
         "dense": {"top1": dense_eval["top1"], "loss": dense_eval["loss"], "params": dense_cost.params,

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from common import data as cdata
+from common.errors import check_finite
 from common.runtime import generator, progress
 
 from .config import DataConfig, DenseTrainConfig, KDConfig, ModelConfig
@@ -162,11 +163,13 @@ def train_steps(
     mixup=None,
     cnn_teacher: nn.Module | None = None,
     amp: bool = False,
+    where: str | None = None,
 ) -> list[float]:
     """``steps`` AdamW steps with a cosine schedule on ``stream``; masks re-applied after each step. Returns losses.
 
     ``mixup`` (e.g. timm's ``Mixup``) mixes each batch and returns soft targets; ``amp`` runs the forward pass in
-    bfloat16 autocast on CUDA (ignored on the CPU).
+    bfloat16 autocast on CUDA (ignored on the CPU). A NaN or infinite loss raises
+    :class:`common.errors.TrainingDivergedError` naming ``where`` (default: ``desc``) and the step.
     """
     kd = kd or KDConfig()
     model.train()
@@ -182,11 +185,13 @@ def train_steps(
         with autocast(device, amp):
             loss = kd_objective(model, x, y, teacher=teacher, kl_coeff=kl_coeff, tau=tau, kd=kd,
                                 cnn_teacher=cnn_teacher, label_smoothing=label_smoothing)  # fmt: skip
+        value = float(loss.detach())
+        check_finite(value, step=step, where=where or desc)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         model.apply_masks_()
-        losses.append(float(loss.detach()))
+        losses.append(value)
     return losses
 
 
@@ -196,6 +201,7 @@ def train_dense(
     """Train the dense ViT from scratch: AdamW, cosine to 0, label smoothing (CPU recipe, notes §5.2)."""
     steps = cfg.epochs * batches_per_epoch(data, cfg.batch_size)
     stream = batches(data.train, cfg.batch_size, seed)
+    kwargs.setdefault("where", f"nvit dense training, seed {seed}")
     return train_steps(model, stream, steps, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device,
                        label_smoothing=cfg.label_smoothing, warmup=min(steps // 10, 200), desc="dense",
                        **kwargs)  # fmt: skip

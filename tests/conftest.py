@@ -49,11 +49,26 @@ socket.socket.connect_ex = _guarded(_original_connect_ex)
 socket.create_connection = lambda address, *a, **k: _refuse(None, address)
 
 
+_THREADS = int(os.environ.get("PRUNE_REPRO_THREADS", min(2, os.cpu_count() or 1)))
+
+
+def pytest_report_header(config):
+    """Which CPU kernels and how many threads: a float test that fails on one machine only shows up here."""
+    forced = os.environ.get("ATEN_CPU_CAPABILITY")
+    capability = torch.backends.cpu.get_cpu_capability()
+    return (
+        f"torch {torch.__version__}, CPU kernels {capability}"
+        + (f" (forced by ATEN_CPU_CAPABILITY={forced})" if forced else "")
+        + f", {_THREADS} thread(s) (PRUNE_REPRO_THREADS)"
+    )
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
-    """Same seed and thread count for every test, so a failure reproduces."""
+    """Same seed and thread count for every test, so a failure reproduces; ``PRUNE_REPRO_THREADS`` sets
+    the count (default: 2, or 1 on a one-core machine), so the suite can be run with 1 and with 2."""
     torch.manual_seed(0)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(_THREADS)
     yield
 
 

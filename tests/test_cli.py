@@ -48,6 +48,12 @@ def test_smoke_run_writes_a_valid_record(smoke_results):
     assert {"standard", "large-delta"} <= set(record.extra["delta_statistics"])
     assert (out_dir / "figures" / "metric_vs_rate.png").is_file()
     assert (out_dir / "figures" / "rescaling_factor.png").is_file()
+    # Where the time went: every phase of run_text (plus the rest, "other"), non-negative, within the wall time.
+    phases = record.provenance["phases_s"]
+    assert set(phases) == {"data", "fine-tuning", "deltas and pruning", "q search", "evaluation", "storage",
+                           "Fig. 1 curve", "other"}  # fmt: skip
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert sum(phases.values()) <= record.provenance["wall_time_s"] + 0.05
 
 
 def test_report_renders_the_readme_block(smoke_results, tmp_path):
@@ -118,3 +124,8 @@ def test_synthetic_experiment(tmp_path):
     pretrained = record.get(synthetic.TABLE, "pre-trained (no delta)", "top-1 accuracy")
     assert finetuned.mean > pretrained.mean, "fine-tuning learned the new task"
     assert (tmp_path / "darex" / "smoke" / "figures" / "accuracy_vs_rescaling.png").is_file()
+    phases = record.provenance["phases_s"]
+    assert set(phases) == {"pre-training and fine-tuning", "data", "evaluation", "deltas and pruning", "q search",
+                           "other"}  # fmt: skip
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert sum(phases.values()) <= record.provenance["wall_time_s"] + 0.05

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from common.cli import Command
-from common.config import ConfigError, get_preset, override
+from common.config import get_preset, override
 from common.runtime import ArtifactCache, select_device
 
 from . import grid
@@ -43,12 +43,8 @@ def _configure_grid(parser: argparse.ArgumentParser) -> None:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    try:
-        cfg = override(get_preset(PRESETS, args.preset), args.sets)
-        shard = grid.parse_shard(args.shard) if args.shard else (cfg.shard.index, cfg.shard.count)
-    except (ConfigError, ValueError) as err:
-        print(f"three_regime grid: {err}")
-        return 2
+    cfg = override(get_preset(PRESETS, args.preset), args.sets)  # a ConfigError is one line, exit 2 (common.cli)
+    shard = grid.parse_shard(args.shard) if args.shard else (cfg.shard.index, cfg.shard.count)
     device = select_device(args.device)
     if device.type == "cpu" and cfg.model.arch == "mlp_bn":
         torch.set_num_threads(1)

@@ -16,10 +16,12 @@ jobs of other machines into this cache; :func:`collect` reads every cell (failin
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import logging
 import multiprocessing
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -27,7 +29,8 @@ from typing import Any
 
 import torch
 
-from common.config import to_dict
+from common.config import ConfigError, to_dict
+from common.errors import PathNotFoundError
 from common.runtime import ArtifactCache, progress, seed_everything
 
 from . import method
@@ -69,7 +72,7 @@ def grid_cells(cfg: ThreeRegimeConfig) -> list[Cell]:
 
 def shard_cells(cells: list[Cell], index: int, count: int) -> list[Cell]:
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
+        raise ConfigError(f"shard {index}/{count}: need 0 <= index < count")
     return [c for k, c in enumerate(cells) if k % count == index]
 
 
@@ -78,9 +81,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard takes i/n (e.g. 0/4), got {text!r}") from None
+        raise ConfigError(f"--shard takes i/n (e.g. 0/4), got {text!r}") from None
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"--shard {text}: need 0 <= i < n")
+        raise ConfigError(f"--shard {text}: need 0 <= i < n")
     return i, n
 
 
@@ -137,14 +140,17 @@ def compute_dense(cfg: ThreeRegimeConfig, run_id: tuple, data: Data, device: tor
     model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
     states: dict[float, dict[str, torch.Tensor]] = {}
     schedule = dense_schedule(cfg, temperature)
+    where = f"three_regime dense training, seed {seed}" + (
+        f", {cfg.grid.temperature} = {temperature:g}" if temperature is not None else ""
+    )
     if cfg.grid.temperature == "training_epochs":
         checkpoints = sorted(int(e) for e in cfg.grid.training_epochs)
         if checkpoints[-1] > schedule.epochs:
-            raise ValueError(f"checkpoint epoch {checkpoints[-1]} beyond train.epochs={schedule.epochs}")
-        train(model, data, schedule, seed, checkpoint_epochs=checkpoints,
+            raise ConfigError(f"checkpoint epoch {checkpoints[-1]} beyond train.epochs={schedule.epochs}")
+        train(model, data, schedule, seed, checkpoint_epochs=checkpoints, where=where,
               on_checkpoint=lambda e, s: states.__setitem__(float(e), {k: v.cpu() for k, v in s.items()}))  # fmt: skip
     else:
-        train(model, data, schedule, seed)
+        train(model, data, schedule, seed, where=where)
         states[float(temperature)] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     test_error, train_error = {}, {}
     for t, state in states.items():
@@ -169,7 +175,10 @@ def compute_cell(cfg: ThreeRegimeConfig, cell: Cell, dense: dict[str, Any], data
     for s in r.seeds:
         model.load_state_dict(pruned_state)
         seed_everything(s)
-        log_ = train(model, data, schedule, seed=s * 1000 + cell.seed, masks=masks, eval_last_epochs=last)
+        where = (f"three_regime retraining of the cell (dense seed {cell.seed}, {cfg.grid.temperature} = "
+                 f"{cell.temperature:g}, density {cell.density:g}%), retraining seed {s}")  # fmt: skip
+        log_ = train(model, data, schedule, seed=s * 1000 + cell.seed, masks=masks, eval_last_epochs=last,
+                     where=where)  # fmt: skip
         test_errors.append(sum(log_.test_error.values()) / len(log_.test_error))
         final_errors.append(error_rate(model, data.x_test, data.y_test))
         states.append({k: v.clone() for k, v in model.state_dict().items()})
@@ -260,8 +269,14 @@ def run_jobs(
     device: torch.device | str = "cpu",
     shard: tuple[int, int] = (0, 1),
     workers: int = 1,
+    phase: Callable[[str], contextlib.AbstractContextManager] | None = None,
 ) -> list[Cell]:
-    """Compute the missing dense runs and cells of ``shard``; return the shard's cells. Finished jobs are skipped."""
+    """Compute the missing dense runs and cells of ``shard``; return the shard's cells. Finished jobs are skipped.
+
+    ``phase(name)`` (e.g. ``RunContext.phase``) times the stages: "data" (loading the data set, when the jobs run
+    in this process), "grid: dense runs" and "grid: cells".
+    """
+    phase = phase or (lambda name: contextlib.nullcontext())
     cells = shard_cells(grid_cells(cfg), *shard)
     root = cache.dir.parent
     todo_cells = [c for c in cells if ("cell", cell_key(cfg, c)) not in cache]
@@ -270,18 +285,23 @@ def run_jobs(
     start = time.perf_counter()
     log.info("shard %d/%d: %d cells (%d to compute), %d dense runs to compute, %d workers",
              *shard, len(cells), len(todo_cells), len(todo_dense), workers)  # fmt: skip
-    _run(dense_job, [(cfg, r, root, str(device)) for r in todo_dense], workers, "dense")
-    _run(cell_job, [(cfg, c, root, str(device)) for c in todo_cells], workers, "cells")
+    if workers <= 1 and (todo_dense or todo_cells):
+        with phase("data"):
+            _data(cfg, torch.device(device))  # what the first job would load; the in-process jobs reuse it
+    with phase("grid: dense runs"):
+        _run(dense_job, [(cfg, r, root, str(device)) for r in todo_dense], workers, "dense")
+    with phase("grid: cells"):
+        _run(cell_job, [(cfg, c, root, str(device)) for c in todo_cells], workers, "cells")
     log.info("shard %d/%d done in %.1f s", *shard, time.perf_counter() - start)
     return cells
 
 
 def collect(cfg: ThreeRegimeConfig, cache: ArtifactCache) -> dict[Cell, dict]:
-    """Every cell's result; raises FileNotFoundError naming the missing cells (run the shards, then merge)."""
+    """Every cell's result; a missing cell is a PathNotFoundError naming it (run the shards, then merge)."""
     cells = grid_cells(cfg)
     missing = [c for c in cells if ("cell", cell_key(cfg, c)) not in cache]
     if missing:
-        raise FileNotFoundError(
+        raise PathNotFoundError(
             f"{len(missing)} of {len(cells)} grid cells are not in {cache.dir} (e.g. {missing[0]}): run every "
             "shard (`python -m three_regime grid --shard i/n`) and merge their caches (`python -m three_regime merge`)"
         )
@@ -296,7 +316,7 @@ def merge_caches(sources: list[Path], dest: ArtifactCache) -> int:
         src = Path(src)
         folder = src / NAMESPACE if (src / NAMESPACE).is_dir() else src
         if not folder.is_dir():
-            raise FileNotFoundError(f"no cache folder at {src}")
+            raise PathNotFoundError(f"merge: no cache folder at {src}")
         for path in sorted(folder.glob("*.pt")):
             if path.name.startswith(("cell-", "dense-")) and not (dest.dir / path.name).exists():
                 shutil.copy2(path, dest.dir / path.name)

@@ -102,44 +102,48 @@ def run(cfg: ThreeRegimeConfig, ctx: RunContext) -> RunRecord:
     if ctx.device.type == "cpu" and cfg.model.arch == "mlp_bn":
         torch.set_num_threads(1)  # tiny matrices: one thread per job is far faster (notes §5.2)
     shard = (cfg.shard.index, cfg.shard.count)
-    grid.run_jobs(cfg, ctx.cache, ctx.device, shard=shard, workers=cfg.shard.workers)
-    results = grid.collect(cfg, ctx.cache)
-    agg = aggregate(cfg, results)
-    record = ctx.new_record(seeds=list(cfg.seeds))
-    temps, dens = agg["temps"], agg["densities"]
-    tname = cfg.grid.temperature
-    for i, t in enumerate(temps):
-        record.add(DENSE_TABLE, f"{tname} = {_label(t)}", "dense test error", agg["dense_test_error"][:, i],
-                   seeds=agg["seeds"], unit="%")  # fmt: skip
-    for i, t in enumerate(temps):
-        for j, d in enumerate(dens):
-            setting = f"{tname} = {_label(t)}, density {_label(d)}%"
-            kw = {"seeds": agg["seeds"]}
-            record.add(GRID_TABLE, setting, "test error", agg["test_error"][:, i, j], unit="%", **kw)
-            record.add(GRID_TABLE, setting, "mc (train error)", agg["mc"][:, i, j], digits=3, **kw)
-            record.add(GRID_TABLE, setting, "CKA", agg["cka"][:, i, j], digits=3, **kw)
-            record.add(GRID_TABLE, setting, "achieved density", agg["achieved_density"][:, i, j], unit="%", **kw)
-    cs = case_studies(cfg, agg)
-    for name, per_seed in cs.items():
-        for rule in RULES if per_seed else ():
-            record.add(CASE_TABLES[name], rule, "mean test error reached", [p[rule]["mean"] for p in per_seed],
+    grid.run_jobs(cfg, ctx.cache, ctx.device, shard=shard, workers=cfg.shard.workers, phase=ctx.phase)
+    with ctx.phase("analysis"):  # reading the cells back, the tables, the regimes, the claims
+        results = grid.collect(cfg, ctx.cache)
+        agg = aggregate(cfg, results)
+        record = ctx.new_record(seeds=list(cfg.seeds))
+        temps, dens = agg["temps"], agg["densities"]
+        tname = cfg.grid.temperature
+        for i, t in enumerate(temps):
+            record.add(DENSE_TABLE, f"{tname} = {_label(t)}", "dense test error", agg["dense_test_error"][:, i],
                        seeds=agg["seeds"], unit="%")  # fmt: skip
-    mean = {k: agg[k].mean(axis=0) for k in ("test_error", "mc", "cka")}
-    regimes = method.classify_regimes(mean["mc"], mean["cka"], cfg.regime)
-    record.extra = {
-        "temperature": tname,
-        "temps": temps,
-        "densities": dens,
-        "per_seed": {k: agg[k].tolist() for k in ("test_error", "mc", "cka", "achieved_density", "dense_test_error")},
-        "mean": {k: v.tolist() for k, v in mean.items()},
-        "regimes": regimes.tolist(),
-        "case_studies": cs,
-        "threads_per_job": torch.get_num_threads(),
-        "workers": cfg.shard.workers,
-        "cells": len(results),
-        "retrain_seeds": list(cfg.retrain.seeds),
-    }
-    add_claims(record, cfg.regime)
+        for i, t in enumerate(temps):
+            for j, d in enumerate(dens):
+                setting = f"{tname} = {_label(t)}, density {_label(d)}%"
+                kw = {"seeds": agg["seeds"]}
+                record.add(GRID_TABLE, setting, "test error", agg["test_error"][:, i, j], unit="%", **kw)
+                record.add(GRID_TABLE, setting, "mc (train error)", agg["mc"][:, i, j], digits=3, **kw)
+                record.add(GRID_TABLE, setting, "CKA", agg["cka"][:, i, j], digits=3, **kw)
+                record.add(GRID_TABLE, setting, "achieved density", agg["achieved_density"][:, i, j], unit="%", **kw)
+        with ctx.phase("case studies"):
+            cs = case_studies(cfg, agg)
+        for name, per_seed in cs.items():
+            for rule in RULES if per_seed else ():
+                record.add(CASE_TABLES[name], rule, "mean test error reached", [p[rule]["mean"] for p in per_seed],
+                           seeds=agg["seeds"], unit="%")  # fmt: skip
+        mean = {k: agg[k].mean(axis=0) for k in ("test_error", "mc", "cka")}
+        regimes = method.classify_regimes(mean["mc"], mean["cka"], cfg.regime)
+        record.extra = {
+            "temperature": tname,
+            "temps": temps,
+            "densities": dens,
+            "per_seed": {
+                k: agg[k].tolist() for k in ("test_error", "mc", "cka", "achieved_density", "dense_test_error")
+            },
+            "mean": {k: v.tolist() for k, v in mean.items()},
+            "regimes": regimes.tolist(),
+            "case_studies": cs,
+            "threads_per_job": torch.get_num_threads(),
+            "workers": cfg.shard.workers,
+            "cells": len(results),
+            "retrain_seeds": list(cfg.retrain.seeds),
+        }
+        add_claims(record, cfg.regime)
     return record
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from common.errors import check_finite
+
 from .data import Data, augment_images
 from .method import Masks, apply_masks
 
@@ -124,12 +126,14 @@ def train(
     checkpoint_epochs: Sequence[int] = (),
     eval_last_epochs: int = 0,
     on_checkpoint: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+    where: str = "training",
 ) -> TrainLog:
     """Train ``model`` in place. With ``masks``, pruned weights are zeroed after every step (fixed masks).
 
     ``on_checkpoint(epoch, state_dict_copy)`` is called at the end of each epoch in ``checkpoint_epochs``;
     the test error is logged after each of the last ``eval_last_epochs`` epochs. With ``schedule.sam_rho``
-    > 0 each step is a SAM step (BN running statistics frozen on the second forward pass).
+    > 0 each step is a SAM step (BN running statistics frozen on the second forward pass). A NaN or infinite
+    loss raises :class:`common.errors.TrainingDivergedError` naming ``where`` and the step.
     """
     device = data.x_train.device
     gen = torch.Generator().manual_seed(seed)
@@ -158,7 +162,9 @@ def train(
             if aug_gen is not None:
                 x = augment_images(x, aug_gen)
             opt.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
+            loss = loss_fn(model(x), y)
+            check_finite(loss, step=step, where=where)
+            loss.backward()
             if schedule.sam_rho > 0:
                 eps = _sam_perturb(params, schedule.sam_rho, schedule.sam_adaptive)
                 opt.zero_grad(set_to_none=True)

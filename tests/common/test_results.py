@@ -143,3 +143,15 @@ def test_provenance_holds_no_local_paths():
 
     text = json.dumps(results.provenance(device="cpu", device_name="x", threads=1))
     assert str(REPO_ROOT) not in text and "/home/" not in text
+
+
+def test_provenance_line_shows_the_time_by_phase():
+    record = make_record()
+    record.provenance.update(wall_time_s=200.0, phases_s={"dense training": 150.0, "evaluation": 30.0, "other": 20.0})
+    first_paragraph = results.render_record(record).split("\n\n", 1)[0]
+    assert "3.3 min" in first_paragraph
+    assert first_paragraph.endswith(
+        "Time by phase: dense training 2.5 min (75%) · evaluation 30 s (15%) · other 20 s (10%)"
+    )
+    del record.provenance["phases_s"]
+    assert "Time by phase" not in results.render_record(record)  # records from before the breakdown render as before

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import logging
 import os
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from common import runtime
+from common.errors import UserError
 
 
 def test_select_device():
@@ -14,8 +17,10 @@ def test_select_device():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert runtime.select_device("auto").type == expected
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(UserError, match="CUDA is not available"):
             runtime.select_device("cuda")
+    with pytest.raises(UserError, match="not a device"):
+        runtime.select_device("gpu0")
 
 
 def test_device_name_is_informative():
@@ -43,7 +48,7 @@ def test_set_threads():
     previous = torch.get_num_threads()
     try:
         assert runtime.set_threads(1) == 1 and torch.get_num_threads() == 1
-        with pytest.raises(ValueError):
+        with pytest.raises(UserError, match="thread count"):
             runtime.set_threads(0)
     finally:
         torch.set_num_threads(previous)
@@ -93,3 +98,79 @@ def test_cache_computes_once_and_resumes(tmp_path):
 def test_key_hash_ignores_dict_order():
     assert runtime.key_hash({"a": 1, "b": 2}) == runtime.key_hash({"b": 2, "a": 1})
     assert runtime.key_hash({"a": 1}) != runtime.key_hash({"a": 2})
+
+
+def _corrupt(path, how: str) -> None:
+    """Damage a cache entry the ways a disk, a copy or an older version of the code can."""
+    blob = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(blob[: len(blob) // 2])
+    elif how == "truncated in the header":
+        path.write_bytes(blob[: len(runtime.ArtifactCache.MAGIC) + 4])
+    elif how == "byte flipped":
+        i = len(blob) - 7  # inside the payload: the length still matches, the checksum does not
+        path.write_bytes(blob[:i] + bytes([blob[i] ^ 0x01]) + blob[i + 1 :])
+    elif how == "no header":
+        torch.save({"w": torch.arange(3)}, path)  # a plain torch file, as the cache wrote before the header
+    else:
+        raise ValueError(how)
+
+
+CORRUPTIONS = ["truncated", "truncated in the header", "byte flipped", "no header"]
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS)
+def test_corrupt_cache_entry_is_detected_by_load_and_contains(tmp_path, how, caplog):
+    cache = runtime.ArtifactCache("paper", root=tmp_path)
+    key = {"seed": 0}
+    path = cache.save("dense", key, {"w": torch.arange(3)})
+    assert ("dense", key) in cache
+    _corrupt(path, how)
+    with pytest.raises(runtime.CorruptCacheEntry, match=re.escape(str(path))):
+        cache.load("dense", key)
+    assert path.exists(), "load reports, it does not delete"
+    with caplog.at_level(logging.WARNING, logger="common.runtime"):
+        assert ("dense", key) not in cache
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] and path.name in caplog.text
+    assert not path.exists(), "a corrupt entry counts as missing and is removed"
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS)
+def test_get_or_create_recomputes_a_corrupt_entry_and_rewrites_it(tmp_path, how, caplog):
+    calls = []
+
+    def create():
+        calls.append(1)
+        return {"w": torch.arange(3) * len(calls)}
+
+    cache = runtime.ArtifactCache("paper", root=tmp_path)
+    key = {"seed": 0}
+    cache.get_or_create("dense", key, create)
+    path = cache.path("dense", key)
+    _corrupt(path, how)
+    with caplog.at_level(logging.INFO, logger="common.runtime"):
+        value = cache.get_or_create("dense", key, create)
+    assert len(calls) == 2 and torch.equal(value["w"], torch.arange(3) * 2)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(path) in warnings[0].getMessage()
+    assert f"cache: computed {path.name}" in caplog.text
+    # the rewritten entry is sound: it loads, and the next run reuses it
+    assert path.read_bytes().startswith(runtime.ArtifactCache.MAGIC)
+    assert torch.equal(cache.load("dense", key)["w"], value["w"])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="common.runtime"):
+        again = cache.get_or_create("dense", key, create)
+    assert len(calls) == 2 and torch.equal(again["w"], value["w"])
+    assert f"cache: loaded {path.name}" in caplog.text and "corrupt" not in caplog.text
+
+
+def test_phase_timer_times_are_exclusive_and_add_up(monkeypatch):
+    clock = iter([0.0, 1.0, 3.0, 4.0, 10.0, 10.5])  # enter a, enter b, leave b, leave a, enter a, leave a
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: next(clock))
+    timer = runtime.PhaseTimer()
+    with timer.phase("a"), timer.phase("b"):
+        pass
+    with timer.phase("a"):
+        pass
+    assert timer.seconds == {"a": 1.0 + 1.0 + 0.5, "b": 2.0}  # b's 2 s are not also a's
+    assert timer.breakdown(total_s=12.0) == {"a": 2.5, "b": 2.0, "other": 7.5}

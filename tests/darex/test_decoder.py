@@ -53,12 +53,13 @@ def test_decoder_experiment_on_a_tiny_llama(tmp_path):
     dare = record.get(DECODER_TABLE, "DARE (1/(1-p))", "accuracy, p=0.9")
     assert len(dare.values) == 2 and all(0 <= v <= 100 for v in dare.values)
     inv_q = record.get(DECODER_Q, "DAREx-q, global q on labelled GSM8K-train questions", "1/q at p=0.9 (DARE: 10)")
-    assert 1.0 <= inv_q.values[0] <= 10.0 + 1e-6
+    assert 1.0 <= inv_q.values[0] <= 10.0 + 1e-6  # q >= 1 - p; 1/(1 - 0.9) = 10 + 2e-15 in float64
     assert record.claims and record.extra["delta_statistics"]["std"] > 0
     assert (out / "darex" / "paper" / "results.md").is_file()
 
 
-def test_decoder_experiment_needs_its_files(tmp_path):
-    with pytest.raises(ValueError, match=r"decoder\.val_file"):
-        run_cli("reproduce", "--preset", "paper", "--no-readme", "--results-dir", str(tmp_path),
-                "--set", "experiment=decoder")  # fmt: skip
+def test_decoder_experiment_needs_its_files(tmp_path, capsys):
+    code = run_cli("reproduce", "--preset", "paper", "--no-readme", "--results-dir", str(tmp_path),
+                   "--set", "experiment=decoder")  # fmt: skip
+    assert code == 2, "missing paths are a user error (exit status 2)"
+    assert "decoder.val_file" in capsys.readouterr().err

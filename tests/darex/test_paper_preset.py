@@ -10,6 +10,8 @@ import pytest
 from common.results import load_record
 from tests.test_cli import run_cli
 
+pytestmark = pytest.mark.e2e  # whole preset runs; `make test` skips them on its second kernel pass
+
 WORDS = {1: ["great", "moving", "superb", "warm"], 0: ["dull", "flat", "tedious", "cold"]}
 
 
@@ -55,7 +57,8 @@ def test_paper_preset_on_tiny_files(tmp_path, task):
     assert (out / "darex" / "paper" / "results.md").is_file()
 
 
-def test_paper_preset_without_files_says_what_is_missing(tmp_path):
-    with pytest.raises(ValueError, match=r"text\.train_file"):
-        run_cli("reproduce", "--preset", "paper", "--no-readme", "--results-dir", str(tmp_path),
-                "--set", "text.model_path=tiny-bert")  # fmt: skip
+def test_paper_preset_without_files_says_what_is_missing(tmp_path, capsys):
+    code = run_cli("reproduce", "--preset", "paper", "--no-readme", "--results-dir", str(tmp_path),
+                   "--set", "text.model_path=tiny-bert")  # fmt: skip
+    assert code == 2, "a missing file is a user error (exit status 2)"
+    assert "text.train_file" in capsys.readouterr().err

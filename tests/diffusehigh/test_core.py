@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,6 +13,10 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler, UNet2DModel
 from diffusehigh import core, dwt
 from diffusehigh.config import BaseModelConfig, StageConfig
 from diffusehigh.models import PixelDenoiser, build_scheduler
+
+from .numerics import NET_OPS, rounding_tolerance
+
+F64 = torch.float64
 
 
 def sdxl_scheduler() -> EulerDiscreteScheduler:
@@ -22,16 +28,21 @@ def sdxl_scheduler() -> EulerDiscreteScheduler:
 def test_last_15_of_50_sdxl_euler_steps_start_at_t281_sigma_0779():
     levels = core.euler_stage_levels(sdxl_scheduler(), 50, 15)
     assert levels.timesteps == tuple(range(281, 0, -20))
-    assert levels.sigmas[0] == pytest.approx(0.7789, abs=1e-3)
-    assert 1 / (1 + levels.sigmas[0] ** 2) == pytest.approx(0.6224, abs=1e-3)  # alpha_bar(281)
+    # The notes give 4 decimals, so half a unit of the 4th (5e-5) is the tolerance; rounding in diffusers' float32
+    # schedule is ~1e-7.
+    assert levels.sigmas[0] == pytest.approx(0.7789, abs=5e-5)
+    assert 1 / (1 + levels.sigmas[0] ** 2) == pytest.approx(0.6224, abs=5e-5)  # alpha_bar(281)
     assert levels.sigmas[-1] == 0 and len(levels) == 15
 
 
 def test_sigma_matched_level_on_ddpm_linear_is_near_t215_not_281():
     alphas = build_scheduler(BaseModelConfig()).alphas_cumprod
     levels = core.levels_from_sigma(alphas, 0.7789, 15)
-    assert 208 <= levels.timesteps[0] <= 218 and levels.sigmas[0] == pytest.approx(0.7789, abs=0.01)
-    assert levels.timesteps[-1] == 0 and len(levels) == 15
+    t0 = levels.timesteps[0]
+    assert 208 <= t0 <= 218 and levels.timesteps[-1] == 0 and len(levels) == 15
+    # The nearest discrete level: within half the local spacing of the training sigmas (~0.0045 per step here).
+    sig = core.sigmas_from_alphas_cumprod(alphas)
+    assert abs(levels.sigmas[0] - 0.7789) <= float(sig[t0 + 1] - sig[t0 - 1]) / 4
 
 
 def test_ddim_levels_match_diffusers_ddim_timesteps():
@@ -41,74 +52,95 @@ def test_ddim_levels_match_diffusers_ddim_timesteps():
 
 
 def test_sharpening_is_identity_at_alpha_0_and_deterministic_with_a_seeded_generator():
-    x = torch.rand(2, 3, 16, 16)
+    x = torch.rand(2, 3, 16, 16, dtype=F64)
     y, _ = core.sharpen(x, 0.0, 3, (0.1, 2.0), torch.Generator().manual_seed(0))
     assert torch.equal(x, y)
     a, sa = core.sharpen(x, 1.0, 3, (0.1, 2.0), torch.Generator().manual_seed(1))
     b, sb = core.sharpen(x, 1.0, 3, (0.1, 2.0), torch.Generator().manual_seed(1))
     _, sc = core.sharpen(x, 1.0, 3, (0.1, 2.0), torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and sa == sb and sa != sc and 0.1 <= sa <= 2.0
-    const = torch.full((1, 3, 8, 8), 0.3)
-    assert torch.allclose(core.sharpen(const, 1.0, 3, 1.0)[0], const, atol=1e-6)
+    const = torch.full((1, 3, 8, 8), 0.3, dtype=F64)
+    # A constant is a fixed point of the unsharp mask: 2x - blur(x) with normalised taps; 2 x 3 taps plus the mask's
+    # 2 operations, each rounding once in float64.
+    assert (core.sharpen(const, 1.0, 3, 1.0)[0] - const).abs().max() <= rounding_tolerance(F64, ops=8)
     blur = lambda im: core.gaussian_blur(im, 5, 1.5)  # noqa: E731
     assert ((a - blur(a)) ** 2).mean() > ((x - blur(x)) ** 2).mean()
 
 
 def test_gaussian_blur_matches_torchvision():
     tv = pytest.importorskip("torchvision.transforms.functional")
-    x = torch.rand(1, 3, 12, 12)
-    assert torch.allclose(core.gaussian_blur(x, 3, 0.8), tv.gaussian_blur(x, [3, 3], [0.8, 0.8]), atol=1e-6)
+    x = torch.rand(1, 3, 12, 12, dtype=F64)  # torchvision builds its kernel in the image's dtype
+    # Separable (ours) vs one 3x3 convolution (torchvision): 9 products + their sums, values <= 1, in float64.
+    tol = rounding_tolerance(F64, ops=2 * 9)
+    assert (core.gaussian_blur(x, 3, 0.8) - tv.gaussian_blur(x, [3, 3], [0.8, 0.8])).abs().max() <= tol
 
 
-def tiny_pixel_model():
+def tiny_pixel_model(dtype: torch.dtype = torch.float32):
     torch.manual_seed(0)
     unet = UNet2DModel(
         sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
         down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, norm_num_groups=4,
     )  # fmt: skip
-    return unet.eval()
+    return unet.to(dtype).eval()
+
+
+def float64_ddim(**kwargs) -> DDIMScheduler:
+    """diffusers' DDIMScheduler computing its step coefficients in float64 (its alphas_cumprod are float32 by
+    default; the float32 values are kept, only the arithmetic on them is float64)."""
+    sched = DDIMScheduler(beta_schedule="linear", clip_sample=True, set_alpha_to_one=True, **kwargs)
+    sched.alphas_cumprod = sched.alphas_cumprod.to(F64)
+    return sched
+
+
+def sampler_tolerance(levels: core.NoiseLevels) -> float:
+    """Rounding bound for a float64 DDIM run over ``levels``: NET_OPS per step, amplified at most by
+    1 / sqrt(alpha_bar) = sqrt(1 + sigma^2) (x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)) at the noisiest level.
+    ~1e-10 here, while a different formula (clipped eps, another timestep) differs by >= 1e-3."""
+    return rounding_tolerance(F64, ops=NET_OPS * len(levels), scale=math.sqrt(1 + levels.sigmas[0] ** 2))
 
 
 def test_dwt_steps_0_equals_sdedit_with_diffusers_ddim():
     """Core with dwt_steps=0 == upsample + sharpen + add_noise(t=280) + diffusers DDIM(eta=0) over t=280..0,
-    with DDIMScheduler's default step (clip_sample=True, use_clipped_model_output=False)."""
-    unet = tiny_pixel_model()
-    sched = DDIMScheduler(beta_schedule="linear", clip_sample=True, set_alpha_to_one=True)
+    with DDIMScheduler's default step (clip_sample=True, use_clipped_model_output=False); both in float64, so the
+    identity is checked to rounding, whatever CPU kernels torch picks."""
+    unet = tiny_pixel_model(F64)
+    sched = float64_ddim()
     alphas = sched.alphas_cumprod
     sigma_280 = math.sqrt((1 - alphas[280]) / alphas[280])
     levels = core.levels_from_sigma(alphas, sigma_280, 15)
     assert levels.timesteps == tuple(range(280, -1, -20))
     stage = StageConfig(dwt_steps=0, noise_sigma=sigma_280, stage_steps=15)
-    low = torch.rand(2, 3, 8, 8) * 2 - 1
+    low = torch.rand(2, 3, 8, 8, dtype=F64) * 2 - 1
     denoise = PixelDenoiser(unet, alphas, "epsilon", clip_x0=True)
     ours, info = core.diffusehigh_stage(low, (16, 16), denoise, levels, stage, torch.Generator().manual_seed(3))
 
     g = torch.Generator().manual_seed(3)
     guide, _ = core.sharpen(core.upsample(low, (16, 16)), 1.0, 3, (0.1, 2.0), g)
-    noise = torch.randn(guide.shape, generator=g)
+    noise = torch.randn(guide.shape, generator=g).to(F64)  # the core draws its noise in float32 too
     sched.set_timesteps(50)
     x = sched.add_noise(guide, noise, torch.tensor([280]))
     with torch.no_grad():
         for t in sched.timesteps[-15:]:
             eps = unet(sample=x, timestep=t).sample
             x = sched.step(eps, t, x, eta=0.0).prev_sample
-    assert info.guided_steps == 0 and denoise.calls == 15
-    assert torch.allclose(ours, x, atol=1e-4), (ours - x).abs().max()
+    assert info.guided_steps == 0 and denoise.calls == 15 and ours.dtype == x.dtype == F64
+    assert (ours - x).abs().max() <= sampler_tolerance(levels), (ours - x).abs().max()
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_base_sampling_equals_diffusers_ddim_default_with_clipping(prediction_type):
-    """core.sample == diffusers DDIM(clip_sample=True) default loop, and differs from the clipped-eps variant."""
-    unet = tiny_pixel_model()
-    sched = DDIMScheduler(
-        beta_schedule="linear", clip_sample=True, set_alpha_to_one=True, prediction_type=prediction_type
-    )
+    """core.sample == diffusers DDIM(clip_sample=True) default loop, and differs from the clipped-eps variant.
+
+    In float64 on both sides: in float32 the 10 steps amplify rounding by up to 1/sqrt(alpha_bar) ~ 65, and the
+    difference (~1e-4) depended on which CPU kernels torch picked (it failed on AVX-512 at atol=1e-4)."""
+    unet = tiny_pixel_model(F64)
+    sched = float64_ddim(prediction_type=prediction_type)
     levels = core.ddim_levels(sched.alphas_cumprod, 10)
     denoise = PixelDenoiser(unet, sched.alphas_cumprod, prediction_type, clip_x0=True)
-    ours = core.sample(denoise, (2, 3, 16, 16), levels, torch.Generator().manual_seed(5))
+    ours = core.sample(denoise, (2, 3, 16, 16), levels, torch.Generator().manual_seed(5), dtype=F64)
 
     def diffusers_loop(clipped_eps: bool) -> torch.Tensor:
-        x = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(5))
+        x = torch.randn((2, 3, 16, 16), generator=torch.Generator().manual_seed(5)).to(F64)  # core's float32 draws
         sched.set_timesteps(10)
         with torch.no_grad():
             for t in sched.timesteps:
@@ -117,23 +149,28 @@ def test_base_sampling_equals_diffusers_ddim_default_with_clipping(prediction_ty
         return x
 
     ref = diffusers_loop(False)
-    assert torch.allclose(ours, ref, atol=1e-4), (ours - ref).abs().max()
-    assert (ours - diffusers_loop(True)).abs().max() > 1e-3  # the old (clipped-eps) sampler is a different one
+    assert ours.dtype == ref.dtype == F64
+    assert (ours - ref).abs().max() <= sampler_tolerance(levels), (ours - ref).abs().max()
+    # the old (clipped-eps) sampler is a different one: it differs at O(0.1), 10^8 times the rounding bound
+    assert (ours - diffusers_loop(True)).abs().max() > 1e-3
 
 
 def test_oracle_denoiser_output_low_band_is_the_guides_with_full_guidance_only():
-    wrong = torch.rand(1, 3, 16, 16) * 2 - 1
+    wrong = torch.rand(1, 3, 16, 16, dtype=F64) * 2 - 1
     oracle = lambda z, sigma, t: wrong  # noqa: E731  (predicts the same wrong layout at every level)
     levels = core.NoiseLevels((3, 2, 1), (0.8, 0.5, 0.2, 0.0))
-    low = torch.rand(1, 3, 8, 8) * 2 - 1
+    low = torch.rand(1, 3, 8, 8, dtype=F64) * 2 - 1
     full = StageConfig(dwt_steps=3, dwt_wave="haar", sharpening_alpha=0.0)
     out, _ = core.diffusehigh_stage(low, (16, 16), oracle, levels, full, torch.Generator().manual_seed(0))
     guide_ll = dwt.lowpass(core.upsample(low, (16, 16)), "haar")
-    assert (dwt.lowpass(out, "haar") - guide_ll).abs().max() < 1e-5
+    # The last step ends at sigma 0 on the guided x0, whose haar LL is the guide's up to one DWT + iDWT + DWT in
+    # float64 (2 taps per axis and level: ~12 rounded operations on values <= 2).
+    assert out.dtype == F64 and (dwt.lowpass(out, "haar") - guide_ll).abs().max() <= rounding_tolerance(F64, 12, 2)
     none, _ = core.diffusehigh_stage(
         low, (16, 16), oracle, levels, StageConfig(dwt_steps=0), torch.Generator().manual_seed(0)
     )
-    assert torch.allclose(none, wrong) and (dwt.lowpass(none, "haar") - guide_ll).abs().max() > 0.1
+    # Unguided, the last DDIM step to sigma 0 returns the prediction itself (exactly); its LL is far from the guide's.
+    assert torch.equal(none, wrong) and (dwt.lowpass(none, "haar") - guide_ll).abs().max() > 0.1
 
 
 class Recorder:
@@ -177,17 +214,18 @@ def test_fresh_renoise_only_renoises_the_guided_steps():
     out_fresh, _ = core.diffusehigh_stage(low, (16, 16), fresh, levels, StageConfig(dwt_steps=2, renoise="fresh"), g())
     assert torch.equal(det.z[0], fresh.z[0])  # same start
     assert (det.z[1] - fresh.z[1]).abs().max() > 1e-2  # guided step 0 re-noised with fresh noise
-    assert not torch.allclose(out_det, out_fresh)
+    assert (out_det - out_fresh).abs().max() > 1e-2  # fresh noise, not rounding
     # unguided steps are deterministic: with dwt_steps=0, "fresh" changes nothing at all
     a, _ = core.diffusehigh_stage(low, (16, 16), Recorder(), levels, StageConfig(dwt_steps=0), g())
     b, _ = core.diffusehigh_stage(low, (16, 16), Recorder(), levels, StageConfig(dwt_steps=0, renoise="fresh"), g())
     assert torch.equal(a, b)
     # and after the last guided step, the fresh run follows the deterministic DDIM step from its own state
     r = Recorder()
-    core.diffusehigh_stage(low, (16, 16), r, levels, StageConfig(dwt_steps=1, renoise="fresh"), g())
+    core.diffusehigh_stage(low.to(F64), (16, 16), r, levels, StageConfig(dwt_steps=1, renoise="fresh"), g())
     x0 = (r.z[1] * 0.5).clamp(-1, 1)
     eps = (r.z[1] - x0) / 0.6
-    assert torch.allclose(r.z[2], x0 + 0.4 * eps, atol=1e-6)
+    # the same 4 float64 operations on values <= ~5 in another arrangement
+    assert (r.z[2] - (x0 + 0.4 * eps)).abs().max() <= rounding_tolerance(F64, ops=4, scale=5)
 
 
 def test_progressive_sizes():
@@ -199,3 +237,102 @@ def test_progressive_sizes():
     assert [im.shape[-1] for im in images] == [16, 24] and [i.size for i in infos] == [(16, 16), (24, 24)]
     with pytest.raises(ValueError, match="increasing"):
         core.stage_sizes((8, 8), (2.0, 1.5))
+
+
+class Counting:
+    """A denoiser/codec pair that counts its calls (the "network" of the validation tests)."""
+
+    def __init__(self):
+        self.denoise_calls = self.encode_calls = self.decode_calls = 0
+
+    def denoise(self, z, sigma, t):
+        self.denoise_calls += 1
+        return z.clamp(-1, 1) * 0.5
+
+    def encode(self, x):
+        self.encode_calls += 1
+        return x
+
+    def decode(self, z):
+        self.decode_calls += 1
+        return z
+
+    @property
+    def calls(self) -> int:
+        return self.denoise_calls + self.encode_calls + self.decode_calls
+
+
+LEVELS = core.NoiseLevels((3, 2, 1), (0.8, 0.5, 0.2, 0.0))
+
+
+@pytest.mark.parametrize(
+    "changes, name",
+    [
+        ({"size": (16, 41), "size_multiple": 8}, "width 41 is not a multiple of the VAE factor 8"),
+        ({"size": (18, 16), "size_multiple": 4}, "height 18 is not a multiple of the VAE factor 4"),
+        ({"size": (8, 8)}, "must be larger"),  # not an upscale of the 8x8 previous image
+        ({"size": (16, 4)}, "must be larger"),
+        ({"size": (16, 0)}, "size width"),
+        ({"size": (16,)}, "size must be (height, width)"),
+        ({"size_multiple": 0}, "size_multiple"),
+        ({"stage": {"dwt_steps": -1}}, "dwt_steps"),
+        ({"stage": {"dwt_steps": 1.5}}, "dwt_steps"),
+        ({"stage": {"stage_steps": 0}}, "stage_steps"),
+        ({"stage": {"noise_sigma": 0.0}}, "noise_sigma"),
+        ({"stage": {"noise_sigma": float("nan")}}, "noise_sigma"),
+        ({"stage": {"sharpening_alpha": -1.0}}, "sharpening_alpha"),
+        ({"stage": {"sharpening_kernel_size": 4}}, "sharpening_kernel_size"),
+        ({"stage": {"sharpening_sigma": (2.0, 1.0)}}, "sharpening_sigma"),
+        ({"stage": {"sharpening_sigma": (0.0, 1.0)}}, "sharpening_sigma[0]"),
+        ({"stage": {"dwt_wave": "db99"}}, "dwt_wave"),
+        ({"stage": {"dwt_level": 0}}, "dwt_level"),
+        ({"stage": {"dwt_mode": "wrap"}}, "dwt_mode"),
+        ({"stage": {"renoise": "sometimes"}}, "renoise"),
+        ({"stage": {"upsample_mode": "lanczos"}}, "upsample_mode"),
+        ({"stage": {"diffusehigh_guidance_scale": float("inf")}}, "diffusehigh_guidance_scale"),
+        ({"stage": {"scale_factors": ()}}, "scale_factors"),
+        ({"stage": {"scale_factors": (2.0, 1.5)}}, "scale_factors must be increasing"),
+        ({"levels": core.NoiseLevels((), (0.0,))}, "levels"),
+        ({"levels": core.NoiseLevels((1,), (0.0, 0.0))}, "levels"),
+        ({"clip_range": (1.0, -1.0)}, "clip_range"),
+        ({"guidance_factor": 1.5}, "guidance_factor"),
+        ({"previous": torch.rand(3, 8, 8)}, "previous"),
+    ],
+)
+def test_a_bad_stage_argument_is_refused_before_any_network_call(changes, name):
+    """Every argument of the stage loop is checked first: the error names it and the denoiser, encoder and decoder
+    are never called (before, a bad ``renoise`` was found after the VAE encode)."""
+    net = Counting()
+    stage = StageConfig(**changes.get("stage", {}))
+    kwargs = {"clip_range": changes.get("clip_range"), "guidance_factor": changes.get("guidance_factor", 1.0),
+              "size_multiple": changes.get("size_multiple", 1)}  # fmt: skip
+    previous = changes.get("previous", torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match=re.escape(name)):
+        core.diffusehigh_stage(
+            previous, changes.get("size", (16, 16)), net.denoise, changes.get("levels", LEVELS), stage,
+            torch.Generator().manual_seed(0), net.encode, net.decode, **kwargs,
+        )  # fmt: skip
+    assert net.calls == 0
+
+
+def test_the_progressive_loop_checks_every_stage_before_the_first():
+    """A size that only the last stage gets wrong (base 8 x 1.5 = 12 is fine, x 2.6 = 20.8 -> 21 is not a multiple
+    of 4) stops the loop before the first stage runs."""
+    net = Counting()
+    stage = StageConfig(scale_factors=(1.5, 2.6), dwt_wave="haar")
+    with pytest.raises(ValueError, match="not a multiple of the VAE factor 4"):
+        core.diffusehigh(torch.rand(1, 3, 8, 8), net.denoise, LEVELS, stage, None, net.encode, net.decode,
+                         size_multiple=4)  # fmt: skip
+    assert net.calls == 0
+    images, _ = core.diffusehigh(torch.rand(1, 3, 8, 8), net.denoise, LEVELS, replace(stage, scale_factors=(1.5, 2.5)),
+                                 None, net.encode, net.decode, size_multiple=4)  # fmt: skip
+    assert [im.shape[-1] for im in images] == [12, 20] and net.denoise_calls == 2 * len(LEVELS)
+
+
+def test_a_bad_sampling_argument_is_refused_before_any_network_call():
+    net = Counting()
+    with pytest.raises(ValueError, match="levels"):
+        core.sample(net.denoise, (1, 3, 8, 8), core.NoiseLevels((), (0.0,)), None)
+    with pytest.raises(ValueError, match="shape"):
+        core.sample(net.denoise, (1, 3, 0, 8), LEVELS, None)
+    assert net.calls == 0

@@ -10,6 +10,8 @@ from masksparsity import config, reproduce
 from masksparsity.train import lr_at
 from tests.smoke import load_smoke_record, run_smoke
 
+pytestmark = pytest.mark.e2e  # whole preset runs; `make test` skips them on its second kernel pass
+
 
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory):
@@ -34,6 +36,11 @@ def test_smoke_writes_a_valid_record(smoke_results):
     assert (out / "figures" / "gamma_histograms.png").stat().st_size > 1000
     assert (out / "figures" / "accuracy_vs_flops.png").stat().st_size > 1000
     assert "figures/gamma_histograms.png" in (out / "results.md").read_text()
+    phases = record.provenance["phases_s"]  # where the wall time went (cached models: loading them is charged)
+    assert set(phases) == {"data", "dense training", "sparsity training", "controls", "pruning", "fine-tuning",
+                           "evaluation", "timing measurements", "other"}  # fmt: skip
+    assert all(v >= 0 for v in phases.values())
+    assert sum(phases.values()) <= record.provenance["wall_time_s"] + 0.05
 
 
 def test_report_rerenders_from_the_record(smoke_results, tmp_path):

@@ -9,6 +9,8 @@ from common.results import VERDICTS
 from nvit import config, reproduce
 from tests.smoke import load_smoke_record, run_smoke
 
+pytestmark = pytest.mark.e2e  # whole preset runs; `make test` skips them on its second kernel pass
+
 
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory):
@@ -30,6 +32,8 @@ def test_smoke_writes_a_valid_record(smoke_results):
         assert speed and all(m.mean > 0 for m in speed)
     check = record.get(reproduce.T_CHECK, "masked model vs converted dense model",
                        "max |logit difference| over all snapshots")  # fmt: skip
+    # float32 logits, masked vs converted differ in summation order only (observed 1-2e-7 on AVX2 and default
+    # kernels); 1e-4 is the claim's own rule (nvit/reproduce.py), > 500x above that
     assert check.mean < 1e-4
     kd = [m for m in tables[reproduce.T_BASE] if m.metric == "KD batches"]
     assert len({m.mean for m in kd}) == 1  # every method and target got the same KD budget
@@ -39,6 +43,11 @@ def test_smoke_writes_a_valid_record(smoke_results):
     assert (out / "figures" / "accuracy_vs_latency.png").stat().st_size > 1000
     text = (out / "results.md").read_text()
     assert "figures/per_block_dims.png" in text and "NViT-H" in text
+    phases = record.provenance["phases_s"]
+    assert set(phases) == {"data", "dense training", "timing measurements", "evaluation", "scoring", "pruning",
+                           "fine-tuning", "controls", "other"}  # fmt: skip
+    assert all(sec >= 0 for sec in phases.values())
+    assert sum(phases.values()) <= record.provenance["wall_time_s"] + 0.05  # each value rounded to 0.01 s
 
 
 def test_report_rerenders_from_the_record(smoke_results, tmp_path):

@@ -102,13 +102,13 @@ def test_shards_merge_to_the_unsharded_result(tmp_path):
 @pytest.mark.slow  # spawning workers that import torch takes ~20 s on a loaded 2-core machine
 def test_worker_processes_give_the_in_process_result(tmp_path):
     cfg = dataclasses.replace(tiny(), grid=GridConfig(training_epochs=(2,), densities=(10.0, 50.0)))
+    # one thread here too, as in the single-thread workers: the same kernels in the same order, so the trained
+    # models agree bit for bit (with other thread counts their difference after training has no useful bound)
+    torch.set_num_threads(1)
     grid.run_jobs(cfg, cache_at(tmp_path / "a"), workers=1)
     grid.run_jobs(cfg, cache_at(tmp_path / "b"), workers=2)
     a, b = grid.collect(cfg, cache_at(tmp_path / "a")), grid.collect(cfg, cache_at(tmp_path / "b"))
-    assert _flat(a).keys() == _flat(b).keys()
-    for c in a:  # single-thread workers vs this process's threads: equal up to float summation order
-        assert a[c]["achieved_density"] == b[c]["achieved_density"]
-        assert a[c]["pairs"][0]["cka"] == pytest.approx(b[c]["pairs"][0]["cka"], abs=1e-3)
+    assert _flat(a) == _flat(b)
 
 
 def _sets(cfg) -> list[str]:
@@ -122,3 +122,46 @@ def _args(**kwargs):
 
     defaults = {"preset": "smoke", "sets": [], "shard": None, "workers": None, "device": "cpu", "cache_dir": None}
     return argparse.Namespace(**{**defaults, **kwargs})
+
+
+def test_corrupt_grid_entries_are_recomputed_and_reported(tmp_path, monkeypatch, caplog):
+    """The grid asks the cache ``in`` before ``load``: a damaged cell or dense run counts as missing, is reported,
+    recomputed (the dense run too, when a cell to recompute needs it) and gives the same results; ``collect``
+    alone names the missing cell instead of failing on the damaged file."""
+    import logging
+
+    cfg, cache = tiny(), cache_at(tmp_path / "cache")
+    torch.set_num_threads(1)
+    grid.run_jobs(cfg, cache)
+    before = _flat(grid.collect(cfg, cache))
+    cells = grid.grid_cells(cfg)
+    cell_path = cache.path("cell", grid.cell_key(cfg, cells[0]))
+    dense_path = cache.path("dense", grid.dense_key(cfg, grid.dense_run_id(cfg, cells[0])))
+    sound = {p.name: p.read_bytes() for p in cache.dir.glob("*.pt")}
+
+    blob = cell_path.read_bytes()
+    cell_path.write_bytes(blob[:-9] + bytes([blob[-9] ^ 0xFF]) + blob[-8:])  # one flipped byte
+    with caplog.at_level(logging.WARNING, logger="common.runtime"), pytest.raises(FileNotFoundError, match="1 of 4"):
+        grid.collect(cfg, cache)
+    assert cell_path.name in caplog.text and not cell_path.exists()
+
+    dense_path.write_bytes(dense_path.read_bytes()[:100])  # truncated
+    calls = {"cell": 0, "dense": 0}
+    real_cell, real_dense = grid.compute_cell, grid.compute_dense
+
+    def counting(kind, real):
+        def fn(*args, **kwargs):
+            calls[kind] += 1
+            return real(*args, **kwargs)
+
+        return fn
+
+    monkeypatch.setattr(grid, "compute_cell", counting("cell", real_cell))
+    monkeypatch.setattr(grid, "compute_dense", counting("dense", real_dense))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="common.runtime"):
+        grid.run_jobs(cfg, cache)
+    assert calls == {"cell": 1, "dense": 1}, "only the damaged cell, and the damaged dense run it needs"
+    assert dense_path.name in caplog.text
+    assert _flat(grid.collect(cfg, cache)) == before
+    assert {p.name: p.read_bytes() for p in cache.dir.glob("*.pt")} == sound, "rewritten bit for bit"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -26,10 +27,12 @@ def trained():
     return model, data
 
 
-def _error_fn(data):
+def _error_fn(data, dtype=torch.float32):
+    x = data.x_train.to(dtype)
+
     def error_at(net):
-        reestimate_bn(net, data.x_train)
-        return error_rate(net, data.x_train, data.y_train)
+        reestimate_bn(net, x)
+        return error_rate(net, x, data.y_train)
 
     return error_at
 
@@ -50,8 +53,13 @@ def test_lmc_of_a_model_with_itself_is_zero(trained):
 
 
 def test_lmc_detects_a_constructed_barrier(trained):
-    """Permuting hidden units gives the same function (same error) but the midpoint of the two is a bad model."""
-    model, data = trained
+    """Permuting hidden units gives the same function (same error) but the midpoint of the two is a bad model.
+
+    In float64: the twin sums its hidden units in another order, so its logits differ by rounding (float32:
+    ~4e-6 here, against a smallest top-2 logit gap of ~1.5e-3); in float64 (~1e-14) no prediction can flip.
+    """
+    trained_model, data = trained
+    model = copy.deepcopy(trained_model).double()
     a = {k: v.clone() for k, v in model.state_dict().items()}
     b = {k: v.clone() for k, v in a.items()}
     g = torch.Generator().manual_seed(1)
@@ -62,26 +70,30 @@ def test_lmc_detects_a_constructed_barrier(trained):
         for name in ("weight", "bias", "running_mean", "running_var"):
             b[f"{bn}.{name}"] = b[f"{bn}.{name}"][perm]
         b[f"{nxt}.weight"] = b[f"{nxt}.weight"][:, perm]
-    error_at = _error_fn(data)
+    error_at = _error_fn(data, torch.float64)
     result = method.linear_mode_connectivity(model, a, b, error_at, points=11)
-    assert result.errors[0] == pytest.approx(result.errors[-1])  # the permuted twin computes the same function
+    assert result.errors[0] == result.errors[-1]  # the permuted twin computes the same function
     assert result.mc < -0.1
     assert result.mc == pytest.approx((result.errors[0] + result.errors[-1]) / 2 - max(result.errors))
 
 
 def test_cka_identity_orthogonal_and_scale_invariance():
+    """In float64 throughout: ``x @ q`` formed in float32 moves CKA by up to ~6e-10, depending on the CPU kernels."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(200, 10, generator=g)
-    q, _ = torch.linalg.qr(torch.randn(10, 10, generator=g))
-    assert method.linear_cka(x, x) == pytest.approx(1.0, abs=1e-10)
-    assert method.linear_cka(x, x @ q) == pytest.approx(1.0, abs=1e-10)
-    assert method.linear_cka(x, 7.5 * x) == pytest.approx(1.0, abs=1e-10)
-    y = torch.randn(200, 10, generator=g)
+    x = torch.randn(200, 10, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(10, 10, generator=g, dtype=torch.float64))
+    # float64 (u = 1.1e-16): Gram sums over n·d = 2000 products and n² = 40000 entries, relative error
+    # <~ 1e-13; 1e-12 keeps that margin (observed <= 2e-16) and is far below any real CKA change (>= 1e-3).
+    tol = 1e-12
+    assert method.linear_cka(x, x) == pytest.approx(1.0, abs=tol)
+    assert method.linear_cka(x, x @ q) == pytest.approx(1.0, abs=tol)
+    assert method.linear_cka(x, 7.5 * x) == pytest.approx(1.0, abs=tol)
+    y = torch.randn(200, 10, generator=g, dtype=torch.float64)
     base = method.linear_cka(x, y)
     assert 0.0 <= base < 0.3  # independent features are dissimilar
-    assert method.linear_cka(x @ q, 3.0 * y) == pytest.approx(base, abs=1e-10)
-    assert method.linear_cka(x, y) == pytest.approx(method.linear_cka(y, x), abs=1e-12)
-    assert method.linear_cka(x, x @ q, debiased=True) == pytest.approx(1.0, abs=1e-10)
+    assert method.linear_cka(x @ q, 3.0 * y) == pytest.approx(base, abs=tol)
+    assert method.linear_cka(x, y) == pytest.approx(method.linear_cka(y, x), abs=tol)
+    assert method.linear_cka(x, x @ q, debiased=True) == pytest.approx(1.0, abs=tol)
     assert abs(method.linear_cka(x, y, debiased=True)) < abs(base)  # debiasing removes the finite-sample floor
 
 
@@ -91,7 +103,8 @@ def test_cka_feature_space_equivalence():
     x, y = torch.randn(50, 4, generator=g).double(), torch.randn(50, 6, generator=g).double()
     x, y = x - x.mean(0), y - y.mean(0)
     expected = (y.T @ x).norm() ** 2 / ((x.T @ x).norm() * (y.T @ y).norm())
-    assert method.linear_cka(x, y) == pytest.approx(float(expected), abs=1e-10)
+    # float64: both sides are sums of <= 2500 products, relative error <~ 1e-13 (observed ~1e-16)
+    assert method.linear_cka(x, y) == pytest.approx(float(expected), abs=1e-12)
 
 
 @pytest.mark.parametrize("scope", ["uniform", "global"])

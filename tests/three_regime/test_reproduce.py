@@ -15,6 +15,8 @@ from common.results import VERDICTS, load_record, read_block
 from common.runtime import REPO_ROOT
 from three_regime import cli, config, reproduce
 
+pytestmark = pytest.mark.e2e  # whole preset runs; `make test` skips them on its second kernel pass
+
 
 def run_cli(*argv: str) -> int:
     return main("three_regime", presets=config.PRESETS, run=reproduce.run, report=reproduce.report,
@@ -36,12 +38,17 @@ def test_smoke_preset_writes_a_valid_record(smoke_results):
     assert record.command == "python -m three_regime reproduce --preset smoke"
     assert record.config == json.loads(json.dumps(record.config)) and len(record.config_hash) == 12
     assert record.provenance["wall_time_s"] > 0
+    phases = record.provenance["phases_s"]  # "data" is there when a job ran in this process (not all cached)
+    assert set(phases) - {"data"} == {"grid: dense runs", "grid: cells", "analysis", "case studies", "other"}
+    assert all(v >= 0 for v in phases.values())
+    assert sum(phases.values()) <= record.provenance["wall_time_s"] + 0.05
     cfg = config.smoke()
     x = record.extra
     n_t, n_d = len(cfg.grid.training_epochs), len(cfg.grid.densities)
     assert x["temps"] == [2, 4, 6] and x["densities"] == list(cfg.grid.densities)  # hot (fewest epochs) first
     for key in ("test_error", "mc", "cka"):
         assert np.asarray(x["mean"][key]).shape == (n_t, n_d)
+    # CKA <= 1 by Cauchy-Schwarz; it is computed in float64, so rounding can exceed 1 by ~1e-13 at most
     assert np.all(np.asarray(x["mean"]["cka"]) <= 1.0 + 1e-9) and np.all(np.asarray(x["mean"]["test_error"]) <= 100)
     assert {r for row in x["regimes"] for r in row} <= {"I", "II-A", "II-B"}
     achieved = np.asarray(x["per_seed"]["achieved_density"])[0]
@@ -76,11 +83,15 @@ def test_rerun_reuses_the_cached_cells(smoke_results, monkeypatch):
 
     monkeypatch.setattr(grid, "compute_cell", lambda *a, **k: pytest.fail("a cached cell was recomputed"))
     assert run_cli("reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(smoke_results)) == 0
+    assert "data" not in load_record(smoke_results / "three_regime" / "smoke").provenance["phases_s"]  # not loaded
 
 
-def test_paper_preset_without_cifar_says_what_to_put_where(tmp_results):
+def test_paper_preset_without_cifar_says_what_to_put_where(tmp_results, capsys):
+    assert run_cli("reproduce", "--preset", "paper", "--no-readme", "--results-dir", str(tmp_results)) == 2
+    err = capsys.readouterr().err
+    assert "cifar-10-batches-py" in err and "--set data.root=" in err and "Traceback" not in err
     with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-py"):
-        run_cli("reproduce", "--preset", "paper", "--no-readme", "--results-dir", str(tmp_results))
+        run_cli("reproduce", "--preset", "paper", "--no-readme", "--results-dir", str(tmp_results), "--debug")
 
 
 def test_paper_code_path_at_tiny_scale(tmp_results, tmp_path, monkeypatch):
