@@ -60,14 +60,15 @@ $(DATA_DIR)/.fashion-mnist:
 	@touch $@
 
 # torch picks its CPU kernels per machine (AVX2 here, AVX-512 on many Intel CPUs), and float results differ in
-# the last bits between them. `make test` runs the numerics a second time on torch's portable kernels, so a
-# tolerance that holds on one kernel path only fails here too, not first on a user's machine.
-SECOND_KERNELS ?= default
+# the last bits between them. `make test` runs the numerics a second time on other kernel paths: torch's
+# portable ATen kernels, MKL (matmuls) and oneDNN (convolutions) limited to SSE4, and one thread instead of
+# two, so a tolerance that holds on one kernel path or thread count only fails here, not on a user's machine.
+SECOND_KERNELS ?= ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41 PRUNE_REPRO_THREADS=1
 NUMERICS_TESTS := tests/common $(addprefix tests/,$(PAPERS))
 
-test: install ## run the test suite, then its numerics again on torch's portable CPU kernels (a few minutes)
+test: install ## run the test suite, then its numerics again on other CPU kernel paths and 1 thread (minutes)
 	$(PY) -m pytest $(PYTEST_ARGS)
-	ATEN_CPU_CAPABILITY=$(SECOND_KERNELS) $(PY) -m pytest $(NUMERICS_TESTS) -m "not slow and not gpu and not e2e" $(PYTEST_ARGS)
+	$(SECOND_KERNELS) $(PY) -m pytest $(NUMERICS_TESTS) -m "not slow and not gpu and not e2e" $(PYTEST_ARGS)
 
 test-slow: install ## run only the slow tests (real data, longer runs)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

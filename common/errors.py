@@ -8,7 +8,7 @@ exception is a bug and keeps its traceback.
 
 A *diverged run* (a NaN or infinite loss) is not the user's mistake and not necessarily a bug either: the
 run stops at the step where it happened, no record is written, and the command line says which step and
-which config, exit status 1.
+which config, exit status 4 (a crash exits 1).
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 EXIT_USER_ERROR = 2
-EXIT_DIVERGED = 1
+EXIT_DIVERGED = 4  # not 1 (any crash) nor 3 (a preset not implemented yet)
 DEBUG_ENV = "PRUNE_REPRO_DEBUG"
 
 
@@ -70,7 +72,7 @@ def check_finite(loss: torch.Tensor | float, *, step: int, where: str) -> None:
     ``where`` names the loop in the reader's terms (``"dense training, seed 0"``) and ``step`` the
     optimiser step (0-based), so the message says where the run diverged.
     """
-    value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+    value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
     if not math.isfinite(value):
         raise TrainingDivergedError(
             f"{where}: loss is {value} at step {step}; the run stopped and wrote no record "

@@ -111,13 +111,15 @@ def enable_offline_mode() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half of one."""
+def atomic_write_bytes(path: Path, data: bytes, *more: bytes | memoryview) -> None:
+    """Write ``data`` (and ``more`` chunks after it) to ``path`` so that readers see the old file or the new
+    one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in (data, *more):
+                f.write(chunk)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -148,12 +150,15 @@ class ArtifactCache:
     Values are stored with ``torch.save`` (tensors, state dicts, plain Python) behind a header with the
     payload's length and SHA-256, and written atomically, so a run killed mid-write leaves no entry at
     all; an entry that is truncated or altered afterwards is detected on reading, reported, deleted and
-    recomputed by ``get_or_create`` (``load`` raises :class:`CorruptCacheEntry`). Pass ``root`` to
-    place it elsewhere (tests do).
+    recomputed by ``get_or_create`` (``load`` raises :class:`CorruptCacheEntry`). Entries written by
+    earlier versions (plain ``torch.save`` files, no header) are kept: one that still loads gets its
+    header added in place, one that does not counts as corrupt. Pass ``root`` to place it elsewhere
+    (tests do).
     """
 
     MAGIC = b"PRCACHE1"
     _HEADER = len(MAGIC) + 8 + 32  # magic, payload length (big-endian u64), SHA-256 of the payload
+    _LEGACY_MAGIC = b"PK\x03\x04"  # torch.save's zip format: what the cache wrote before the header
 
     def __init__(self, namespace: str, root: Path | None = None):
         self.dir = (root or cache_root()) / namespace
@@ -181,23 +186,39 @@ class ArtifactCache:
 
     def _payload(self, path: Path) -> bytes:
         blob = path.read_bytes()
-        header, payload = blob[: self._HEADER], blob[self._HEADER :]
-        if len(header) < self._HEADER or not header.startswith(self.MAGIC):
-            raise CorruptCacheEntry(f"{path}: no cache header (written before checksums, or not a cache entry)")
+        if not blob.startswith(self.MAGIC):
+            if blob.startswith(self._LEGACY_MAGIC):
+                return self._adopt_legacy(path, blob)
+            raise CorruptCacheEntry(f"{path}: no cache header (not a cache entry, or its start was overwritten)")
+        header, payload = memoryview(blob)[: self._HEADER], memoryview(blob)[self._HEADER :]
+        if len(header) < self._HEADER:
+            raise CorruptCacheEntry(f"{path}: truncated inside the header ({len(blob)} bytes)")
         length = int.from_bytes(header[len(self.MAGIC) : len(self.MAGIC) + 8], "big")
         if len(payload) != length:
             raise CorruptCacheEntry(f"{path}: truncated or extended ({len(payload)} of {length} bytes)")
         if hashlib.sha256(payload).digest() != header[-32:]:
             raise CorruptCacheEntry(f"{path}: checksum mismatch (the file was altered after it was written)")
-        return payload
+        return payload.tobytes()
+
+    def _adopt_legacy(self, path: Path, blob: bytes) -> bytes:
+        """An entry from before the header: keep it if it still loads (and add its header), else corrupt."""
+        try:
+            torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise CorruptCacheEntry(f"{path}: an entry from before checksums that no longer loads ({err})") from err
+        self._write(path, blob)
+        _log.info("cache: added a checksum header to %s (written by an earlier version)", path.name)
+        return blob
+
+    def _write(self, path: Path, payload: bytes) -> None:
+        header = self.MAGIC + len(payload).to_bytes(8, "big") + hashlib.sha256(payload).digest()
+        atomic_write_bytes(path, header, payload)
 
     def save(self, tag: str, key: Any, value: Any) -> Path:
         buffer = io.BytesIO()
         torch.save(value, buffer)
-        payload = buffer.getvalue()
-        header = self.MAGIC + len(payload).to_bytes(8, "big") + hashlib.sha256(payload).digest()
         path = self.path(tag, key)
-        atomic_write_bytes(path, header + payload)
+        self._write(path, buffer.getbuffer())
         return path
 
     def get_or_create(self, tag: str, key: Any, create: Callable[[], T]) -> T:
@@ -239,16 +260,22 @@ class PhaseTimer:
             name, since = self._stack[-1]
             self.seconds[name] = self.seconds.get(name, 0.0) + now - since
 
+    @staticmethod
+    def _now() -> float:
+        if torch.cuda.is_initialized():  # charge queued GPU work to the phase that launched it
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     @contextlib.contextmanager
     def phase(self, name: str):
-        now = time.perf_counter()
+        now = self._now()
         self._charge(now)
         self.seconds.setdefault(name, 0.0)
         self._stack.append([name, now])
         try:
             yield
         finally:
-            now = time.perf_counter()
+            now = self._now()
             self._charge(now)
             self._stack.pop()
             if self._stack:

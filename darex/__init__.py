@@ -10,6 +10,7 @@ import common  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
 
 from .adamr import AdamR
 from .method import (
+    DeltaMismatchError,
     analytical_layer_q,
     apply_delta,
     coarse_to_fine_q,
@@ -31,6 +32,7 @@ from .storage import load_sparse_delta, pruned_model, save_pruned, save_sparse_d
 
 __all__ = [
     "AdamR",
+    "DeltaMismatchError",
     "analytical_layer_q",
     "apply_delta",
     "coarse_to_fine_q",

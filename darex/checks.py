@@ -7,6 +7,7 @@ transformers traceback after minutes of loading, and never a run that quietly us
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -58,16 +59,45 @@ def require_tokenizer(path: str | Path, what: str, *, hint: str = "") -> Path:
     return directory
 
 
+USER_SIDE_LOAD_ERRORS = (
+    "Unrecognized model",  # config.json without model_type
+    "does not recognize this architecture",  # a model_type this transformers does not know
+    "Unrecognized configuration class",  # e.g. a CLIP directory given where a classifier or causal LM belongs
+    "does not appear to have",  # a file the directory lacks
+    "Couldn't instantiate the backend tokenizer",  # no usable tokenizer files
+    "is not a valid JSON",
+)
+"""Fragments of the ``ValueError`` messages (transformers 5) that are about the directory the user named. Other
+``ValueError``s (e.g. a ``dtype``, ``device_map`` or ``padding_side`` our code passed wrongly) are bugs."""
+
+
+def is_user_side_load_error(err: BaseException) -> bool:
+    """Whether ``err``, raised by a ``from_pretrained`` call on a local directory, is about that directory's
+    files (missing, unreadable, not valid JSON, an unknown or unsuitable model type, corrupt weights) rather
+    than about how our code called transformers."""
+    from safetensors import SafetensorError
+
+    if isinstance(err, (OSError, json.JSONDecodeError, SafetensorError)):
+        return True  # missing/unreadable files, a malformed JSON or weights file in the directory
+    return isinstance(err, ValueError) and any(fragment in str(err) for fragment in USER_SIDE_LOAD_ERRORS)
+
+
 def load_or_explain(load: Callable[[], T], what: str, path: str | Path, thing: str = "a model") -> T:
     """``load()`` (a ``from_pretrained`` call), with the errors transformers raises for a directory it cannot
-    read (missing weights or tokenizer files, an unknown model type) turned into one :class:`UserError` line
-    that names ``what`` and ``thing``; the original error stays attached as the cause (``--debug`` shows it)."""
+    read (:func:`is_user_side_load_error`: missing weights or tokenizer files, an unknown model type, a file
+    that is not valid JSON, corrupt weights) turned into one :class:`UserError` line that names ``what`` and
+    ``thing``; the original error stays attached as the cause (``--debug`` shows it). Any other error (a bug in
+    the call, e.g. a wrong keyword argument) propagates unchanged, with its traceback."""
     try:
         return load()
     except UserError:
         raise
-    except (OSError, ValueError) as err:
+    except Exception as err:
+        if not is_user_side_load_error(err):
+            raise
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        if isinstance(err, json.JSONDecodeError):
+            first = f"a JSON file there is not valid JSON ({first})"
         raise UserError(f"{what}: transformers cannot load {thing} from {path}: {first}") from err
 
 

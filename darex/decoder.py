@@ -34,7 +34,7 @@ from common.runtime import generator, progress
 from .checks import decoder_input_checks, load_or_explain, require_model_dir, run_checks
 from .config import TINY_BERT, TINY_LLAMA, DarexConfig, DecoderConfig
 from .data import DataFileError
-from .method import Deltas, coarse_to_fine_q, dare, delta_parameters, delta_statistics
+from .method import DeltaMismatchError, Deltas, coarse_to_fine_q, dare, delta_parameters, delta_statistics
 from .models import load_tokenizer as load_model_tokenizer
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,10 @@ class DecoderBench:
         del base
         try:
             self.deltas = delta_parameters(self.base, finetuned, exclude=None)
-        except IncompatibleModelsError as err:
+        except DeltaMismatchError as err:
+            if dc.base_path == TINY_LLAMA and dc.finetuned_path == TINY_LLAMA:
+                raise  # both built here by load_causal_lm: a mismatch is a bug, keep the traceback
+            # at least one directory is the user's: a user error (one line, exit 2)
             raise IncompatibleModelsError(
                 f"decoder.base_path {dc.base_path} and decoder.finetuned_path {dc.finetuned_path}: {err}"
             ) from err

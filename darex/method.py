@@ -31,13 +31,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.errors import IncompatibleModelsError, check_finite
+from common.errors import check_finite
 
 StateDict = Mapping[str, torch.Tensor]
 Deltas = dict[str, torch.Tensor]
 
 DEFAULT_EXCLUDE = r"(^|\.)(classifier|head|lm_head|score)(\.|$)"
 """Tensors whose names match are not delta parameters (the task head is trained from scratch)."""
+
+
+class DeltaMismatchError(ValueError):
+    """The two models (or an adapter and the layers it sits on) do not match: tensors on one side only, of
+    another shape, or an adapter kind whose ΔW this module cannot compute.
+
+    An algorithm-level error, not a user error: inside code that builds both models itself it is a bug and
+    keeps its traceback. Callers that take the models from the user (``python -m darex prune``, the decoder
+    experiment's base/fine-tuned directories) turn it into :class:`common.errors.IncompatibleModelsError`.
+    """
 
 
 def _state(model_or_state: nn.Module | StateDict) -> StateDict:
@@ -59,7 +69,7 @@ def delta_parameters(
     fine-tune adds or re-initialises) are left out and may differ freely between the two models, as are
     integer buffers (e.g. BatchNorm's ``num_batches_tracked``, BERT's ``position_ids``). Every other
     tensor must be in both models with the same shape: a tensor on one side only (a 2-layer base against a
-    3-layer fine-tune) or a shape mismatch raises :class:`IncompatibleModelsError` naming the first few
+    3-layer fine-tune) or a shape mismatch raises :class:`DeltaMismatchError` naming the first few
     such tensors and their count, rather than silently leaving deltas out.
     """
     pre, ft = _state(pretrained), _state(finetuned)
@@ -90,12 +100,12 @@ def delta_parameters(
             if exclude
             else "Pass the matching pair."
         )
-        raise IncompatibleModelsError(
+        raise DeltaMismatchError(
             f"the pre-trained and fine-tuned models are not the same architecture: {'; '.join(problems)}. {fix}"
         )
     deltas = {n: (ft[n].detach().float() - pre[n].detach().float()).clone() for n in shared}
     if not deltas:
-        raise IncompatibleModelsError(
+        raise DeltaMismatchError(
             "no delta parameters: the models share no floating-point tensors outside the exclusion rule"
         )
     return deltas
@@ -122,7 +132,7 @@ def lora_delta_parameters(model: nn.Module, adapter: str = "default") -> Deltas:
     - plain LoRA on ``nn.Embedding``: ΔE = (B·A)ᵀ·scaling.
 
     Anything else (LoRA on convolutions or attention modules, other LoRA variants, an adapter already
-    merged into the base weights) raises :class:`IncompatibleModelsError` naming the layer and the option,
+    merged into the base weights) raises :class:`DeltaMismatchError` naming the layer and the option,
     rather than returning a wrong ΔW. ``modules_to_save`` (e.g. a task head trained in full) are not
     deltas: take them from the PEFT model.
     """
@@ -148,12 +158,12 @@ def lora_delta_parameters(model: nn.Module, adapter: str = "default") -> Deltas:
             DoraLinearVariant is not None and type(variant) is DoraLinearVariant
         )
         if module.merged:
-            raise IncompatibleModelsError(
+            raise DeltaMismatchError(
                 f"LoRA layer {where}: adapter(s) {module.merged_adapters} are merged into its base weight; "
                 "call unmerge_adapter() first so the delta is taken against the base weight"
             )
         if variant is not None and not (dora and type(variant) is DoraLinearVariant):
-            raise IncompatibleModelsError(
+            raise DeltaMismatchError(
                 f"LoRA layer {where}: the {type(variant).__name__} variant of adapter {adapter!r} is not supported "
                 "(supported: plain LoRA, use_dora=True on linear layers, lora_bias=True); merge it with PEFT "
                 "(merge_and_unload) and use delta_parameters(base, merged) instead"
@@ -183,12 +193,12 @@ def lora_delta_parameters(model: nn.Module, adapter: str = "default") -> Deltas:
             deltas[target] = ((b @ a).T * scaling).float().contiguous()
         else:
             option = "use_dora=True on a non-linear layer" if dora else f"LoRA on {type(base).__name__}"
-            raise IncompatibleModelsError(
+            raise DeltaMismatchError(
                 f"LoRA layer {where}: {option} is not supported (supported: linear and embedding layers); merge "
                 "it with PEFT (merge_and_unload) and use delta_parameters(base, merged) instead"
             )
     if not deltas:
-        raise IncompatibleModelsError(f"no LoRA layers with adapter {adapter!r} found")
+        raise DeltaMismatchError(f"no LoRA layers with adapter {adapter!r} found")
     return deltas
 
 
@@ -206,7 +216,7 @@ def apply_delta(pretrained: nn.Module | StateDict, deltas: Mapping[str, torch.Te
     state = {name: t.detach().clone() for name, t in _state(pretrained).items()}
     missing = [n for n in deltas if n not in state]
     if missing:
-        raise IncompatibleModelsError(
+        raise DeltaMismatchError(
             f"deltas for {len(missing)} tensor(s) the pre-trained model lacks: {name_list(missing)}"
         )
     for name, delta in deltas.items():

@@ -28,6 +28,7 @@ from .checks import TOKENIZER_FILES, has_tokenizer, load_or_explain, require_mod
 from .data import batches, encode, packed_windows, read_labelled_file
 from .method import (
     DEFAULT_EXCLUDE,
+    DeltaMismatchError,
     analytical_layer_q,
     coarse_to_fine_q,
     collect_input_statistics,
@@ -154,7 +155,7 @@ def handle(args: argparse.Namespace) -> int:
     base = _load(args.base, device, "--base", args.exclude)
     try:
         deltas = delta_parameters(base, finetuned, exclude=args.exclude)
-    except IncompatibleModelsError as err:
+    except DeltaMismatchError as err:  # the user's pair: a user error (exit 2), not a bug
         raise IncompatibleModelsError(
             f"--base {args.base} and --finetuned {args.finetuned}: {err} (--exclude sets the rule)"
         ) from err

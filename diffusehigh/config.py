@@ -14,16 +14,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from common.config import param
-from common.errors import UserError
 
 SDXL_SIGMA_T281 = 0.7789
 """SDXL's Euler sigma at t=281, the first of the last 15 of 50 steps (alpha_bar 0.6224; notes 2.5, App. A)."""
-
-
-class InvalidConfigError(UserError, ValueError):
-    """A config value the run cannot use (``--set key=value``); the message names the key and what is allowed.
-    Raised by ``reproduce.validate_config`` before any training, loading or sampling."""
-
 
 README_NEGATIVE_PROMPT = "blurry, ugly, duplicate, poorly drawn, deformed, mosaic"
 """The negative prompt of every example in the official README."""

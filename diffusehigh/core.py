@@ -25,6 +25,7 @@ is plain SDEdit (interpolate + noise + denoise).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import numbers
@@ -53,44 +54,73 @@ UPSAMPLE_MODES = ("bicubic", "bilinear", "nearest")
 RENOISE_MODES = ("deterministic", "fresh")
 
 
-def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    """``value`` as an int (bools and non-integral numbers are refused) in [minimum, maximum]."""
+ErrorType = type[Exception]
+"""The exception class a check raises: ValueError for direct calls (the pipeline's and the core's arguments),
+``common.config.ConfigError`` (a user error, one line on the command line) from ``reproduce.validate_config``."""
+
+
+def check_int(
+    value,
+    name: str,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    *,
+    error: ErrorType = ValueError,
+    integral_float: bool = False,
+) -> int:
+    """``value`` as an int in [minimum, maximum]. Bools and non-integral numbers are refused; with
+    ``integral_float`` a float that is a whole number (``1024 * 1.5 = 1536.0``) is accepted and converted."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)) and integral_float:
+        as_float = float(value)
+        if math.isfinite(as_float) and as_float.is_integer():
+            value = int(as_float)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise error(f"{name} must be an integer, got {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise error(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+        raise error(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
-def check_real(value, name: str, minimum: float | None = None, *, strict: bool = False) -> float:
+def check_real(
+    value, name: str, minimum: float | None = None, *, strict: bool = False, error: ErrorType = ValueError
+) -> float:
     """``value`` as a finite float, ``>= minimum`` (``> minimum`` if ``strict``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise error(f"{name} must be a finite number, got {value!r}")
     value = float(value)
     if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value:g}")
+        raise error(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value:g}")
     return value
 
 
-def check_sharpening_sigma(value, name: str = "sharpening_sigma") -> None:
+def check_sharpening_sigma(value, name: str = "sharpening_sigma", *, error: ErrorType = ValueError) -> None:
     """A blur sigma > 0, or a range ``(low, high)`` with 0 < low <= high to draw it from."""
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        check_real(value, name, 0.0, strict=True)
+        check_real(value, name, 0.0, strict=True, error=error)
         return
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
-        raise ValueError(f"{name} must be a number > 0 or a pair (low, high), got {value!r}")
-    low = check_real(value[0], f"{name}[0]", 0.0, strict=True)
-    high = check_real(value[1], f"{name}[1]", 0.0, strict=True)
+        raise error(f"{name} must be a number > 0 or a pair (low, high), got {value!r}")
+    low = check_real(value[0], f"{name}[0]", 0.0, strict=True, error=error)
+    high = check_real(value[1], f"{name}[1]", 0.0, strict=True, error=error)
     if low > high:
-        raise ValueError(f"{name} must be (low, high) with low <= high, got {tuple(value)}")
+        raise error(f"{name} must be (low, high) with low <= high, got {tuple(value)}")
 
 
-def validate_stage_config(stage: StageConfig, names: Mapping[str, str] | None = None) -> None:
+@functools.lru_cache(maxsize=1)
+def discrete_wavelets() -> frozenset[str]:
+    """PyWavelets' discrete wavelet names (built once: ``pywt.wavelist`` assembles the list on every call)."""
+    return frozenset(pywt.wavelist(kind="discrete"))
+
+
+def validate_stage_config(
+    stage: StageConfig, names: Mapping[str, str] | None = None, *, error: ErrorType = ValueError
+) -> None:
     """Check every field of ``stage``; a message names the field as ``names`` maps it (default: the field name,
-    e.g. ``{"stage_steps": "noising_steps"}`` for the SDXL pipeline or ``stages.<field>`` for a config)."""
+    e.g. ``{"stage_steps": "noising_steps"}`` for the SDXL pipeline or ``stages.<field>`` for a config). A bad
+    value raises ``error``; a ``names`` key that is no StageConfig field is the caller's bug (ValueError)."""
     names = names or {}
 
     def n(field: str) -> str:
@@ -102,30 +132,30 @@ def validate_stage_config(stage: StageConfig, names: Mapping[str, str] | None = 
         raise ValueError(f"names maps fields StageConfig does not have: {sorted(unknown)}")
     factors = stage.scale_factors
     if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence) or not factors:
-        raise ValueError(f"{n('scale_factors')} must be a non-empty sequence of increasing factors, got {factors!r}")
+        raise error(f"{n('scale_factors')} must be a non-empty sequence of increasing factors, got {factors!r}")
     for i, f in enumerate(factors):
-        check_real(f, f"{n('scale_factors')}[{i}]", 0.0, strict=True)
+        check_real(f, f"{n('scale_factors')}[{i}]", 0.0, strict=True, error=error)
     if any(b <= a for a, b in itertools.pairwise(factors)):
-        raise ValueError(f"{n('scale_factors')} must be increasing, got {tuple(factors)}")
+        raise error(f"{n('scale_factors')} must be increasing, got {tuple(factors)}")
     if stage.upsample_mode not in UPSAMPLE_MODES:
-        raise ValueError(f"{n('upsample_mode')} must be one of {UPSAMPLE_MODES}, got {stage.upsample_mode!r}")
-    check_real(stage.sharpening_alpha, n("sharpening_alpha"), 0.0)
-    size = check_int(stage.sharpening_kernel_size, n("sharpening_kernel_size"), 1)
+        raise error(f"{n('upsample_mode')} must be one of {UPSAMPLE_MODES}, got {stage.upsample_mode!r}")
+    check_real(stage.sharpening_alpha, n("sharpening_alpha"), 0.0, error=error)
+    size = check_int(stage.sharpening_kernel_size, n("sharpening_kernel_size"), 1, error=error)
     if size % 2 == 0:
-        raise ValueError(f"{n('sharpening_kernel_size')} must be odd, got {size}")
-    check_sharpening_sigma(stage.sharpening_sigma, n("sharpening_sigma"))
-    check_real(stage.noise_sigma, n("noise_sigma"), 0.0, strict=True)
-    check_int(stage.stage_steps, n("stage_steps"), 1)
-    check_int(stage.dwt_steps, n("dwt_steps"), 0)
-    if stage.dwt_wave not in pywt.wavelist(kind="discrete"):
-        raise ValueError(f"{n('dwt_wave')} must be a discrete PyWavelets wavelet (haar, db4, sym4, ...), "
-                         f"got {stage.dwt_wave!r}")  # fmt: skip
-    check_int(stage.dwt_level, n("dwt_level"), 1)
+        raise error(f"{n('sharpening_kernel_size')} must be odd, got {size}")
+    check_sharpening_sigma(stage.sharpening_sigma, n("sharpening_sigma"), error=error)
+    check_real(stage.noise_sigma, n("noise_sigma"), 0.0, strict=True, error=error)
+    check_int(stage.stage_steps, n("stage_steps"), 1, error=error)
+    check_int(stage.dwt_steps, n("dwt_steps"), 0, error=error)
+    if not isinstance(stage.dwt_wave, str) or stage.dwt_wave not in discrete_wavelets():
+        raise error(f"{n('dwt_wave')} must be a discrete PyWavelets wavelet (haar, db4, sym4, ...), "
+                    f"got {stage.dwt_wave!r}")  # fmt: skip
+    check_int(stage.dwt_level, n("dwt_level"), 1, error=error)
     if stage.dwt_mode not in dwt_lib.BOUNDARY_MODES:
-        raise ValueError(f"{n('dwt_mode')} must be one of {dwt_lib.BOUNDARY_MODES}, got {stage.dwt_mode!r}")
+        raise error(f"{n('dwt_mode')} must be one of {dwt_lib.BOUNDARY_MODES}, got {stage.dwt_mode!r}")
     if stage.renoise not in RENOISE_MODES:
-        raise ValueError(f"{n('renoise')} must be one of {RENOISE_MODES}, got {stage.renoise!r}")
-    check_real(stage.diffusehigh_guidance_scale, n("diffusehigh_guidance_scale"), 0.0)
+        raise error(f"{n('renoise')} must be one of {RENOISE_MODES}, got {stage.renoise!r}")
+    check_real(stage.diffusehigh_guidance_scale, n("diffusehigh_guidance_scale"), 0.0, error=error)
 
 
 def check_stage_sizes(
@@ -133,29 +163,37 @@ def check_stage_sizes(
     sizes: Sequence[tuple[int, int]],
     multiple: int = 1,
     name: str = "size",
+    *,
+    error: ErrorType = ValueError,
 ) -> list[tuple[int, int]]:
     """Stage sizes (H, W) that are positive multiples of ``multiple`` (a VAE's downsampling factor: other sizes
-    come back from encode/decode smaller, and the guide's LL band no longer fits) and grow from ``base`` stage by
-    stage (neither side smaller than the previous stage's, and not the same size)."""
+    come back from encode/decode smaller, and the guide's LL band no longer fits) and do not shrink from ``base``
+    stage by stage: neither side smaller than the previous stage's. The same size as the previous stage is a
+    refinement pass (guided re-noise and denoise without upsampling) and allowed."""
     if not sizes:
-        raise ValueError(f"{name}: need at least one stage size, got none")
+        raise error(f"{name}: need at least one stage size, got none")
     previous, out = tuple(base), []
     for k, size in enumerate(sizes):
         label = f"{name}[{k}]" if len(sizes) > 1 else name
         if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2:
-            raise ValueError(f"{label} must be (height, width), got {size!r}")
-        h, w = (check_int(v, f"{label} {side}", 1) for v, side in zip(size, ("height", "width"), strict=True))
+            raise error(f"{label} must be (height, width), got {size!r}")
+        h, w = (
+            check_int(v, f"{label} {side}", 1, error=error) for v, side in zip(size, ("height", "width"), strict=True)
+        )
         for v, side in ((h, "height"), (w, "width")):
             if v % multiple:
                 down, up = v // multiple * multiple, (v // multiple + 1) * multiple
                 use = f"{down} or {up}" if down else f"{up}"
-                raise ValueError(
+                raise error(
                     f"{label} {side} {v} is not a multiple of the VAE factor {multiple} (the autoencoder would "
                     f"return {down}); use e.g. {use}"
                 )
-        if h < previous[0] or w < previous[1] or (h, w) == previous:
+        if h < previous[0] or w < previous[1]:
             before = "the base" if k == 0 else f"stage {k - 1}"
-            raise ValueError(f"{label} ({h}, {w}) must be larger than {before} {previous}: stage sizes must increase")
+            raise error(
+                f"{label} ({h}, {w}) must not be smaller than {before} {previous} on either side: stages upscale "
+                "(or, at the same size, refine); they never shrink"
+            )
         previous = (h, w)
         out.append(previous)
     return out
@@ -179,20 +217,18 @@ def check_image(x, name: str) -> None:
         raise ValueError(f"{name} must not be empty, got {tuple(x.shape)}")
 
 
-def check_stage_call(
+def _check_call(
     previous: torch.Tensor,
     sizes: Sequence[tuple[int, int]],
     levels: NoiseLevels,
-    stage: StageConfig,
     clip_range: tuple[float, float] | None,
     guidance_factor: float,
     size_multiple: int,
 ) -> list[tuple[int, int]]:
-    """Every argument of :func:`diffusehigh_stage` / :func:`diffusehigh`, before any network call."""
+    """The arguments of a stage call other than the StageConfig (checked by :func:`validate_stage_config`)."""
     check_image(previous, "previous")
     check_int(size_multiple, "size_multiple", 1)
     check_levels(levels)
-    validate_stage_config(stage)
     if clip_range is not None:
         if len(clip_range) != 2:
             raise ValueError(f"clip_range must be (low, high) or None, got {clip_range!r}")
@@ -203,6 +239,20 @@ def check_stage_call(
     if factor > 1:
         raise ValueError(f"guidance_factor must be in [0, 1] (1 = the paper's hard LL replacement), got {factor:g}")
     return check_stage_sizes(tuple(previous.shape[-2:]), sizes, size_multiple)
+
+
+def check_stage_call(
+    previous: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    levels: NoiseLevels,
+    stage: StageConfig,
+    clip_range: tuple[float, float] | None,
+    guidance_factor: float,
+    size_multiple: int,
+) -> list[tuple[int, int]]:
+    """Every argument of :func:`diffusehigh_stage` / :func:`diffusehigh`, before any network call."""
+    validate_stage_config(stage)
+    return _check_call(previous, sizes, levels, clip_range, guidance_factor, size_multiple)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -412,6 +462,8 @@ def diffusehigh_stage(
     clip_range: tuple[float, float] | None = None,
     guidance_factor: float = 1.0,
     size_multiple: int = 1,
+    *,
+    _validated: bool = False,
 ) -> tuple[torch.Tensor, StageInfo]:
     """One DiffuseHigh stage from the previous stage's image (pixel space) to an image of ``size``.
 
@@ -424,10 +476,15 @@ def diffusehigh_stage(
     model's eps (see the module docstring). ``renoise="fresh"`` (old research code) replaces the guided steps'
     Euler step by x0_g + sigma' * fresh noise; unguided steps stay deterministic.
 
-    Every argument is checked before anything runs (:func:`check_stage_call`); ``size`` must be larger than
-    ``previous`` and a multiple of ``size_multiple`` (the autoencoder's downsampling factor; 1 for pixel models).
+    Every argument is checked before anything runs (:func:`check_stage_call`); ``size`` must not be smaller than
+    ``previous`` on either side (the same size is a refinement pass) and must be a multiple of ``size_multiple``
+    (the autoencoder's downsampling factor; 1 for pixel models). ``_validated`` is :func:`diffusehigh`'s: it has
+    checked every stage's arguments before the first stage, so its loop skips the per-stage checks.
     """
-    (size,) = check_stage_call(previous, [size], levels, stage, clip_range, guidance_factor, size_multiple)
+    if _validated:
+        size = tuple(size)
+    else:
+        (size,) = check_stage_call(previous, [size], levels, stage, clip_range, guidance_factor, size_multiple)
     guide = upsample(previous, size, stage.upsample_mode)
     guide, used_sigma = sharpen(
         guide, stage.sharpening_alpha, stage.sharpening_kernel_size, stage.sharpening_sigma, generator
@@ -479,16 +536,17 @@ def diffusehigh(
     """The progressive pipeline: one :func:`diffusehigh_stage` per ``stage.scale_factors`` entry, each guided
     by the previous stage's output. Returns every stage's image (the last is the result) and its info.
 
-    All stages' arguments and sizes are checked before the first stage runs."""
+    All stages' arguments and sizes are checked once, before the first stage runs."""
     validate_stage_config(stage)
     check_image(base_image, "base_image")
     sizes = stage_sizes(tuple(base_image.shape[-2:]), stage.scale_factors)
-    check_stage_call(base_image, sizes, levels, stage, clip_range, 1.0, size_multiple)
+    sizes = _check_call(base_image, sizes, levels, clip_range, 1.0, size_multiple)
     images, infos, current = [], [], base_image
     for size in sizes:
         current, info = diffusehigh_stage(
-            current, size, denoise, levels, stage, generator, encode, decode, clip_range, size_multiple=size_multiple
-        )
+            current, size, denoise, levels, stage, generator, encode, decode, clip_range, size_multiple=size_multiple,
+            _validated=True,
+        )  # fmt: skip
         images.append(current)
         infos.append(info)
     return images, infos

@@ -14,9 +14,11 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import DiffusionPipeline, EulerDiscreteScheduler, StableDiffusionXLPipeline
 from diffusers.utils import BaseOutput
@@ -27,6 +29,9 @@ from . import core
 from .config import README_NEGATIVE_PROMPT, StageConfig
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+GUIDANCE_IMAGE_TOLERANCE = 1e-3
+"""How far a guidance image may leave [0, 1] and still be accepted (then clamped): fp16 rounding and the overshoot
+of a bicubic/Lanczos resize. Larger excursions mean another value range ([-1, 1], [0, 255]) and are refused."""
 DEFAULT_PROMPTS = ("Cinematic photo of delicious chocolate icecream.",)
 """The official pipeline's demo prompt (notes 4); the paper preset's prompts when no prompt file is given."""
 
@@ -86,9 +91,10 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
         upcast), or float64 for a float64 model (the tests' tight equivalence checks)."""
         return torch.float64 if self.unet.dtype == torch.float64 else torch.float32
 
-    def _check_arguments(self, *, base_kwargs: dict, **kw) -> StageConfig:
+    def _check_arguments(self, *, base_kwargs: dict, **kw) -> tuple[StageConfig, list[tuple[int, int]]]:
         """Check every argument of :meth:`__call__` before any network runs (the base image alone takes minutes on
-        SDXL); a ValueError (TypeError for an unknown keyword) names the argument. Returns the stages' config."""
+        SDXL); a ValueError (TypeError for an unknown keyword) names the argument. Returns the stages' config and
+        the stage sizes (height, width) as ints."""
         if kw["output_type"] not in ("pil", "np", "pt"):
             raise ValueError(
                 f"output_type must be 'pil', 'np' or 'pt', got {kw['output_type']!r} (DiffuseHigh's stages decode to "
@@ -107,7 +113,7 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         for name in ("enable_dwt", "enable_sharpening", "enable_vae_tiling", "return_dict"):
-            if not isinstance(kw[name], bool):
+            if not isinstance(kw[name], (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {kw[name]!r}")
         unknown = sorted(set(base_kwargs) - _base_keywords())
         if unknown:
@@ -143,8 +149,11 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
             if guidance_image.shape[1] != 3:
                 raise ValueError(f"guidance_image must be (B, 3, h, w) in [0, 1], got {tuple(guidance_image.shape)}")
             low, high = float(guidance_image.min()), float(guidance_image.max())
-            if not torch.isfinite(guidance_image).all() or low < 0.0 or high > 1.0:
-                raise ValueError(f"guidance_image values must be in [0, 1], got [{low:g}, {high:g}]")
+            tol = GUIDANCE_IMAGE_TOLERANCE
+            if not torch.isfinite(guidance_image).all() or low < -tol or high > 1.0 + tol:
+                raise ValueError(
+                    f"guidance_image values must be in [0, 1] (up to {tol:g}, then clamped), got [{low:g}, {high:g}]"
+                )
             prompt, embeds = kw["prompt"], kw["prompt_embeds"]
             prompts = embeds.shape[0] if embeds is not None else 1 if isinstance(prompt, str) else len(prompt or ())
             if guidance_image.shape[0] != prompts * per_prompt:
@@ -153,22 +162,16 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
                     f"num_images_per_prompt={per_prompt}; they must match"
                 )
             base = list(guidance_image.shape[-2:])
-        heights, widths = kw["target_height"], kw["target_width"]
-        for name, value in (("target_height", heights), ("target_width", widths)):
-            if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, (list, tuple)) or not value:
-                raise ValueError(f"{name} must be a non-empty list of sizes, one per stage, got {value!r}")
+        heights = _size_list(kw["target_height"], "target_height")
+        widths = _size_list(kw["target_width"], "target_width")
         if len(heights) != len(widths):
             raise ValueError(
                 f"target_height and target_width need the same, non-zero number of stages, got {len(heights)} and "
                 f"{len(widths)}"
             )
-        sizes = []
-        for k, (h, w) in enumerate(zip(heights, widths, strict=True)):
-            sizes.append((core.check_int(h, f"target_height[{k}]", 1), core.check_int(w, f"target_width[{k}]", 1)))
-        try:
-            core.check_stage_sizes(tuple(base), sizes, factor, name="target size")
-        except ValueError as err:
-            raise ValueError(f"target_height/target_width: {err}") from None
+        sizes = core.check_stage_sizes(
+            tuple(base), list(zip(heights, widths, strict=True)), factor, name="target_height/target_width: target size"
+        )
         sigma = kw["sharpening_sigma"]
         core.check_sharpening_sigma(sigma, "sharpening_sigma")
         stage = StageConfig(
@@ -187,7 +190,7 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
         core.check_real(kw["sharpening_alpha"], "sharpening_alpha", 0.0)  # also when sharpening is off
         core.check_int(kw["dwt_steps"], "dwt_steps", 0)  # also when the DWT guidance is off
         core.validate_stage_config(stage, names={"stage_steps": "noising_steps"})
-        return stage
+        return stage, sizes
 
     @torch.no_grad()
     def __call__(
@@ -231,8 +234,10 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
         """Generate the base image (or take ``guidance_image``), then one DiffuseHigh stage per target size.
 
         Args (beyond StableDiffusionXLPipeline's): ``diffusehigh_guidance_scale`` CFG in the stages (released 10.0,
-        vs 5.0 for the base); ``target_height``/``target_width`` one entry per progressive stage;
-        ``guidance_image`` (B, 3, h, w) in [0, 1] replaces the base generation; ``noising_steps`` the last steps of
+        vs 5.0 for the base); ``target_height``/``target_width`` one entry per progressive stage (a sequence, range
+        or 1-D array of integers or whole-number floats; a size may repeat, a refinement pass, but never shrink);
+        ``guidance_image`` (B, 3, h, w) in [0, 1] replaces the base generation (values up to 1e-3 outside are
+        clamped); ``noising_steps`` the last steps of
         the ``num_inference_steps`` Euler grid run per stage (15 of 50: t = 281, sigma 0.7789); ``dwt_*`` the
         structure guidance (LL swap on the decoded x0 for the first ``dwt_steps`` steps); ``sharpening_*`` the
         unsharp mask (sigma fixed or drawn from ``generator``); ``renoise`` deterministic Euler (released) or
@@ -244,7 +249,7 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
         SDXL's micro-conditioning (``time_ids``) stays at the base size in every stage, as released; with
         ``guidance_image`` that base size is the guidance image's own (h, w), not ``height``/``width``.
         """
-        stage = self._check_arguments(
+        stage, target_sizes = self._check_arguments(
             prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
             height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             diffusehigh_guidance_scale=diffusehigh_guidance_scale, target_height=target_height,
@@ -259,7 +264,7 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
         )  # fmt: skip
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
-        target_sizes = [(int(h), int(w)) for h, w in zip(target_height, target_width, strict=True)]
+        enable_vae_tiling, return_dict = bool(enable_vae_tiling), bool(return_dict)  # numpy bools too
         levels = core.euler_stage_levels(self.scheduler, num_inference_steps, noising_steps)
         device, work_dtype = self._execution_device, self._stage_dtype()
         if generator is None:
@@ -278,7 +283,7 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
             )[0]  # fmt: skip
             base = self._decode_vae_latent(latents)
         else:
-            base = guidance_image.to(device=device, dtype=work_dtype)
+            base = guidance_image.to(device=device, dtype=work_dtype).clamp(0, 1)  # within the tolerance: checked
             height, width = base.shape[-2:]
         batch = base.shape[0]
 
@@ -352,6 +357,16 @@ class DiffuseHighSDXLPipeline(StableDiffusionXLPipeline):
         """The "direct" baseline: the stock SDXL sampler at the given height/width (keywords as the base
         pipeline's ``__call__``), e.g. at the DiffuseHigh target size."""
         return StableDiffusionXLPipeline.__call__(self, **kwargs)
+
+
+def _size_list(value, name: str) -> list[int]:
+    """Stage sizes from any non-string sequence, range, or 1-D numpy array / tensor of integers; whole-number floats
+    (``1024 * 1.5 = 1536.0``) count as integers. Returns Python ints."""
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 1:
+        value = value.tolist()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
+        raise ValueError(f"{name} must be a non-empty list of sizes, one per stage, got {value!r}")
+    return [core.check_int(v, f"{name}[{k}]", 1, integral_float=True) for k, v in enumerate(value)]
 
 
 def _base_keywords() -> set[str]:

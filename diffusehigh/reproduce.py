@@ -21,7 +21,7 @@ import torch
 from common import runtime
 from common.cli import Command, RunContext
 from common.config import ConfigError, config_hash, get_preset, override, to_dict
-from common.errors import require_path
+from common.errors import UserError, require_path
 from common.results import (
     NOT_REPRODUCED,
     NOT_TESTABLE,
@@ -233,8 +233,10 @@ def _stage_names(prefix: str = "stages.", **overrides: str) -> dict[str, str]:
 
 def validate_config(cfg: DiffuseHighConfig) -> None:
     """Check ``cfg`` before anything expensive (training, loading SDXL, sampling): the paper preset's paths, every
-    stage setting and ablation value, and that the stage sizes and step counts fit the model. Raises
-    :class:`~common.errors.UserError` (the CLI prints one line, exit status 2) naming the config key."""
+    stage setting and ablation value, and that the stage sizes and step counts fit the model. A bad value raises
+    :class:`~common.config.ConfigError` (a user error: the CLI prints one line, exit status 2) naming the config
+    key; a missing path a :class:`~common.errors.PathNotFoundError`. Anything else (a ValueError from the code
+    these checks call) is a bug and keeps its traceback."""
     m, s = cfg.model, cfg.stages
     if m.backbone == "sdxl":  # paths first: the most common mistake, and nothing below needs the weights
         from . import pipeline as pipeline_lib
@@ -244,52 +246,58 @@ def validate_config(cfg: DiffuseHighConfig) -> None:
         if cfg.metric_weights_path:
             require_path(cfg.metric_weights_path, "metric_weights_path (a directory with Inception/CLIP weights)",
                          kind="dir", hint="Pass --set metric_weights_path=/that/dir, or leave it empty.")  # fmt: skip
-    try:
-        if not cfg.seeds or any(isinstance(v, bool) or not isinstance(v, int) for v in cfg.seeds):
-            raise ValueError(f"seeds must be a non-empty tuple of integers, got {cfg.seeds!r}")
-        core.check_int(cfg.num_samples, "num_samples", 1)
-        core.check_int(cfg.save_images, "save_images", 0)
-        core.check_int(m.resolution, "model.resolution", 4)
-        core.check_int(m.num_inference_steps, "model.num_inference_steps", 1, m.num_train_timesteps)
-        core.check_real(m.guidance_scale, "model.guidance_scale", 0.0)
-        core.validate_stage_config(s, names=_stage_names())
-        grids = {"dwt_steps": cfg.ablation.dwt_steps, "sharpening_alpha": cfg.ablation.sharpening_alpha,
-                 "noise_sigma": cfg.ablation.noise_sigma, "dwt_wave": cfg.ablation.dwt_wave,
-                 "dwt_level": cfg.ablation.dwt_level}  # fmt: skip
-        for field, values in grids.items():
-            for v in values:
-                core.validate_stage_config(replace(s, **{field: v}), _stage_names(**{field: f"ablation.{field}"}))
-        for i, f in enumerate(cfg.ablation.scale_factors):
-            core.check_real(f, f"ablation.scale_factors[{i}]", 0.0, strict=True)
-        multiple = SDXL_VAE_FACTOR if m.backbone == "sdxl" else 1
-        base = (m.resolution, m.resolution)
-        if m.backbone == "sdxl" and m.resolution % multiple:
-            raise ValueError(f"model.resolution must be a multiple of SDXL's VAE factor {multiple}, got {m.resolution}")
-        core.check_stage_sizes(base, core.stage_sizes(base, s.scale_factors), multiple, "stages.scale_factors")
-        for f in cfg.ablation.scale_factors:  # each ablation runs one stage from the base
-            core.check_stage_sizes(base, core.stage_sizes(base, (f,)), multiple, "ablation.scale_factors")
-        if m.backbone == "sdxl":
-            if s.stage_steps > m.num_inference_steps:
-                raise ValueError(
-                    f"stages.stage_steps ({s.stage_steps}: the last steps of the Euler grid, released noising_steps) "
-                    f"must be <= model.num_inference_steps ({m.num_inference_steps})"
-                )
-        else:
-            if cfg.data.renderer != "textured_disk":
-                raise ValueError(
-                    "data.renderer must be 'textured_disk' for the pixel_unet backbone (its training data)"
-                )
-            if any(c % m.norm_num_groups for c in m.block_out_channels):
-                raise ValueError(f"model.norm_num_groups={m.norm_num_groups} must divide every channel of "
-                                 f"model.block_out_channels {m.block_out_channels}")  # fmt: skip
-            alphas = build_scheduler(m).alphas_cumprod
-            for sigma in (s.noise_sigma, *cfg.ablation.noise_sigma):
-                try:
-                    core.levels_from_sigma(alphas, sigma, s.stage_steps)
-                except ValueError as err:
-                    raise ValueError(f"stages.stage_steps / noise_sigma: {err}") from None
-    except ValueError as err:
-        raise config_lib.InvalidConfigError(str(err)) from None
+    error = ConfigError  # every check below raises it directly: a ValueError from anything else is a bug
+    if not cfg.seeds or any(isinstance(v, bool) or not isinstance(v, int) for v in cfg.seeds):
+        raise error(f"seeds must be a non-empty tuple of integers, got {cfg.seeds!r}")
+    core.check_int(cfg.num_samples, "num_samples", 1, error=error)
+    core.check_int(cfg.save_images, "save_images", 0, error=error)
+    core.check_int(m.resolution, "model.resolution", 4, error=error)
+    core.check_int(m.num_train_timesteps, "model.num_train_timesteps", 1, error=error)
+    core.check_int(m.num_inference_steps, "model.num_inference_steps", 1, m.num_train_timesteps, error=error)
+    core.check_real(m.guidance_scale, "model.guidance_scale", 0.0, error=error)
+    core.validate_stage_config(s, names=_stage_names(), error=error)
+    grids = {"dwt_steps": cfg.ablation.dwt_steps, "sharpening_alpha": cfg.ablation.sharpening_alpha,
+             "noise_sigma": cfg.ablation.noise_sigma, "dwt_wave": cfg.ablation.dwt_wave,
+             "dwt_level": cfg.ablation.dwt_level}  # fmt: skip
+    for field, values in grids.items():
+        for v in values:
+            core.validate_stage_config(
+                replace(s, **{field: v}), _stage_names(**{field: f"ablation.{field}"}), error=error
+            )
+    for i, f in enumerate(cfg.ablation.scale_factors):
+        core.check_real(f, f"ablation.scale_factors[{i}]", 0.0, strict=True, error=error)
+    multiple = SDXL_VAE_FACTOR if m.backbone == "sdxl" else 1
+    base = (m.resolution, m.resolution)
+    if m.backbone == "sdxl" and m.resolution % multiple:
+        raise error(f"model.resolution must be a multiple of SDXL's VAE factor {multiple}, got {m.resolution}")
+    # The factors were checked above, so stage_sizes cannot refuse them (a ValueError from it would be a bug).
+    core.check_stage_sizes(base, core.stage_sizes(base, s.scale_factors), multiple, "stages.scale_factors", error=error)
+    for f in cfg.ablation.scale_factors:  # each ablation runs one stage from the base
+        core.check_stage_sizes(base, core.stage_sizes(base, (f,)), multiple, "ablation.scale_factors", error=error)
+    if m.backbone == "sdxl":
+        if s.stage_steps > m.num_inference_steps:
+            raise error(
+                f"stages.stage_steps ({s.stage_steps}: the last steps of the Euler grid, released noising_steps) "
+                f"must be <= model.num_inference_steps ({m.num_inference_steps})"
+            )
+        return
+    if cfg.data.renderer != "textured_disk":
+        raise error("data.renderer must be 'textured_disk' for the pixel_unet backbone (its training data)")
+    core.check_int(m.norm_num_groups, "model.norm_num_groups", 1, error=error)
+    if any(c % m.norm_num_groups for c in m.block_out_channels):
+        raise error(f"model.norm_num_groups={m.norm_num_groups} must divide every channel of "
+                    f"model.block_out_channels {m.block_out_channels}")  # fmt: skip
+    for key in ("beta_start", "beta_end"):
+        if core.check_real(getattr(m, key), f"model.{key}", 0.0, strict=True, error=error) >= 1:
+            raise error(f"model.{key} must be in (0, 1), got {getattr(m, key)}")
+    alphas = build_scheduler(m).alphas_cumprod
+    for sigma in (s.noise_sigma, *cfg.ablation.noise_sigma):
+        # The one library call whose ValueError means a bad value: stage_steps that do not fit below the timestep
+        # of this sigma (steps >= 1 and sigma > 0 were checked above).
+        try:
+            core.levels_from_sigma(alphas, sigma, s.stage_steps)
+        except ValueError as cause:
+            raise error(f"stages.stage_steps / noise_sigma: {cause}") from cause
 
 
 def run(cfg: DiffuseHighConfig, ctx: RunContext) -> RunRecord:
@@ -884,12 +892,15 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_handler(args: argparse.Namespace) -> int:
-    try:
-        cfg = override(get_preset(config_lib.PRESETS, args.preset), args.sets)
-    except ConfigError as err:
-        raise SystemExit(f"python -m diffusehigh train: {err}") from None
+    """User errors (a bad --set, a preset without a model to train, a bad config value) propagate as
+    :class:`~common.errors.UserError`: the shared CLI prints one line and exits 2."""
+    cfg = override(get_preset(config_lib.PRESETS, args.preset), args.sets)  # ConfigError: a user error
     if cfg.model.backbone != "pixel_unet" or cfg.train.steps < 1:
-        raise SystemExit(f"preset {args.preset!r} has no model to train (backbone {cfg.model.backbone!r})")
+        trainable = [n for n, p in config_lib.PRESETS.items() if p().model.backbone == "pixel_unet" and p().train.steps]
+        raise UserError(
+            f"preset {args.preset!r} has no model to train (backbone {cfg.model.backbone!r}, train.steps "
+            f"{cfg.train.steps}); presets with one: {', '.join(trainable)}"
+        )
     validate_config(cfg)  # a one-line error before minutes of training, not after
     device = runtime.select_device(args.device)
     threads = runtime.set_threads(args.threads)

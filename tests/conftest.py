@@ -52,13 +52,16 @@ socket.create_connection = lambda address, *a, **k: _refuse(None, address)
 _THREADS = int(os.environ.get("PRUNE_REPRO_THREADS", min(2, os.cpu_count() or 1)))
 
 
+_KERNEL_VARS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
 def pytest_report_header(config):
     """Which CPU kernels and how many threads: a float test that fails on one machine only shows up here."""
-    forced = os.environ.get("ATEN_CPU_CAPABILITY")
+    forced = ", ".join(f"{var}={os.environ[var]}" for var in _KERNEL_VARS if os.environ.get(var))
     capability = torch.backends.cpu.get_cpu_capability()
     return (
         f"torch {torch.__version__}, CPU kernels {capability}"
-        + (f" (forced by ATEN_CPU_CAPABILITY={forced})" if forced else "")
+        + (f" (forced: {forced})" if forced else "")
         + f", {_THREADS} thread(s) (PRUNE_REPRO_THREADS)"
     )
 

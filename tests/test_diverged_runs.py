@@ -14,7 +14,7 @@ import re
 import pytest
 import torch
 
-from common.errors import TrainingDivergedError, check_finite
+from common.errors import EXIT_DIVERGED, TrainingDivergedError, check_finite
 
 INF = math.inf
 
@@ -196,7 +196,7 @@ def test_a_diverged_run_exits_1_with_one_line_and_writes_no_record(tmp_results, 
 
     sets = ["--set", "dense.lr=1e30"]
     argv = ["reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(tmp_results), *sets]
-    assert main("nvit", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv) == 1
+    assert main("nvit", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv) == EXIT_DIVERGED
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nvit:")]
     assert len(lines) == 1, lines
     digest = config_hash(override(config.smoke(), ["dense.lr=1e30"]))

@@ -92,3 +92,15 @@ def test_end_to_end_in_a_fresh_process_no_traceback(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(error_lines(proc.stderr)) == 1 and "data.root" in proc.stderr
+
+
+@pytest.mark.parametrize("bug", [ValueError("a bug"), KeyError("a bug"), FileNotFoundError("a bug")])
+def test_a_bug_keeps_its_traceback(bug, tmp_results):
+    """Only user errors become one line: anything else a run raises reaches the caller unchanged."""
+    from nvit import config
+
+    def run(cfg, ctx):
+        raise bug
+
+    with pytest.raises(type(bug), match="a bug"):
+        main("nvit", presets=config.PRESETS, run=run, argv=["reproduce", "--preset", "smoke", "--no-readme"])

@@ -111,12 +111,15 @@ def _corrupt(path, how: str) -> None:
         i = len(blob) - 7  # inside the payload: the length still matches, the checksum does not
         path.write_bytes(blob[:i] + bytes([blob[i] ^ 0x01]) + blob[i + 1 :])
     elif how == "no header":
-        torch.save({"w": torch.arange(3)}, path)  # a plain torch file, as the cache wrote before the header
+        path.write_bytes(b"not a cache entry" * 8)
+    elif how == "old format, truncated":
+        torch.save({"w": torch.arange(3)}, path)  # a plain torch file, as the cache wrote before the header...
+        path.write_bytes(path.read_bytes()[:40])  # ...cut short: it no longer loads
     else:
         raise ValueError(how)
 
 
-CORRUPTIONS = ["truncated", "truncated in the header", "byte flipped", "no header"]
+CORRUPTIONS = ["truncated", "truncated in the header", "byte flipped", "no header", "old format, truncated"]
 
 
 @pytest.mark.parametrize("how", CORRUPTIONS)
@@ -174,3 +177,18 @@ def test_phase_timer_times_are_exclusive_and_add_up(monkeypatch):
         pass
     assert timer.seconds == {"a": 1.0 + 1.0 + 0.5, "b": 2.0}  # b's 2 s are not also a's
     assert timer.breakdown(total_s=12.0) == {"a": 2.5, "b": 2.0, "other": 7.5}
+
+
+def test_an_entry_from_before_checksums_is_kept_and_given_its_header(tmp_path, caplog):
+    """Upgrading must not throw away finished work: a plain torch.save entry that loads is adopted in place."""
+    cache = runtime.ArtifactCache("paper", root=tmp_path)
+    key = {"seed": 0}
+    path = cache.path("dense", key)
+    path.parent.mkdir(parents=True)
+    torch.save({"w": torch.arange(3)}, path)
+    with caplog.at_level(logging.INFO, logger="common.runtime"):
+        assert ("dense", key) in cache
+    assert "corrupt" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert path.read_bytes().startswith(runtime.ArtifactCache.MAGIC), "the header was added in place"
+    value = cache.get_or_create("dense", key, lambda: pytest.fail("a sound old entry must not be recomputed"))
+    assert torch.equal(value["w"], torch.arange(3))

@@ -13,8 +13,7 @@ import copy
 import pytest
 import torch
 
-from common.errors import IncompatibleModelsError
-from darex.method import apply_delta, delta_parameters, lora_delta_parameters
+from darex.method import DeltaMismatchError, apply_delta, delta_parameters, lora_delta_parameters
 from darex.models import MLP
 
 peft = pytest.importorskip("peft")
@@ -128,12 +127,12 @@ def test_unsupported_adapters_are_refused_by_name():
     torch.manual_seed(0)
     conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
     model = peft.get_peft_model(conv, peft.LoraConfig(r=2, target_modules=["0"]))
-    with pytest.raises(IncompatibleModelsError, match=r"LoRA layer 0 \(Conv2d\): LoRA on Conv2d is not supported"):
+    with pytest.raises(DeltaMismatchError, match=r"LoRA layer 0 \(Conv2d\): LoRA on Conv2d is not supported"):
         lora_delta_parameters(model)
 
     embedding = torch.nn.Sequential(torch.nn.Embedding(20, 8), torch.nn.Linear(8, 3))
     model = peft.get_peft_model(embedding, peft.LoraConfig(r=2, target_modules=["0"], use_dora=True))
-    with pytest.raises(IncompatibleModelsError, match=r"DoraEmbeddingVariant variant of adapter 'default'"):
+    with pytest.raises(DeltaMismatchError, match=r"DoraEmbeddingVariant variant of adapter 'default'"):
         lora_delta_parameters(model)
 
 
@@ -142,11 +141,11 @@ def test_a_merged_adapter_is_refused():
     base = MLP(6, 8, 2, 3)
     model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=2, target_modules=["0"]))
     model.merge_adapter()
-    with pytest.raises(IncompatibleModelsError, match="unmerge"):
+    with pytest.raises(DeltaMismatchError, match="unmerge"):
         lora_delta_parameters(model)
 
 
 def test_an_adapter_name_that_is_not_there():
     model = peft.get_peft_model(MLP(6, 8, 2, 3), peft.LoraConfig(r=2, target_modules=["0"]))
-    with pytest.raises(IncompatibleModelsError, match="no LoRA layers with adapter 'other'"):
+    with pytest.raises(DeltaMismatchError, match="no LoRA layers with adapter 'other'"):
         lora_delta_parameters(model, adapter="other")

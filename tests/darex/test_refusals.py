@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from common.errors import EXIT_USER_ERROR, IncompatibleModelsError, PathNotFoundError, UserError
-from darex.method import apply_delta, dare, delta_parameters
+from darex.method import DeltaMismatchError, apply_delta, dare, delta_parameters
 from darex.models import MLP, load_tokenizer, tiny_bert_config
 from tests.test_cli import run_cli
 
@@ -44,6 +44,7 @@ def assert_one_line_error(stderr: str, *fragments: str) -> str:
 
 # ----------------------------------------------------------------------------------------------------
 # delta_parameters: tensors on one side only, or of another shape, are an error that names them
+# (DeltaMismatchError, a ValueError; only the callers that take the models from the user make it a user error)
 
 
 def _perturbed(model: torch.nn.Module, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -54,18 +55,18 @@ def _perturbed(model: torch.nn.Module, seed: int = 1) -> dict[str, torch.Tensor]
 def test_a_base_with_fewer_layers_is_refused_naming_the_missing_tensors():
     torch.manual_seed(0)
     base, finetuned = MLP(8, 16, 2, 3), MLP(8, 16, 3, 3)  # 2 hidden layers against 3
-    with pytest.raises(IncompatibleModelsError, match=r"2 tensor\(s\) only in the fine-tuned model") as err:
+    with pytest.raises(DeltaMismatchError, match=r"2 tensor\(s\) only in the fine-tuned model") as err:
         delta_parameters(base, finetuned)
     assert "body.4.weight" in str(err.value) and "body.4.bias" in str(err.value)
-    with pytest.raises(IncompatibleModelsError, match=r"2 tensor\(s\) only in the pre-trained model"):
+    with pytest.raises(DeltaMismatchError, match=r"2 tensor\(s\) only in the pre-trained model"):
         delta_parameters(finetuned, base)
-    assert isinstance(err.value, UserError) and isinstance(err.value, ValueError)
+    assert isinstance(err.value, ValueError) and not isinstance(err.value, UserError), "the method layer's error"
 
 
 def test_the_message_names_the_first_few_tensors_and_the_count():
     base = {f"layer.{i}.weight": torch.zeros(2) for i in range(3)}
     finetuned = {f"layer.{i}.weight": torch.ones(2) for i in range(10)}
-    with pytest.raises(IncompatibleModelsError) as err:
+    with pytest.raises(DeltaMismatchError) as err:
         delta_parameters(base, finetuned)
     message = str(err.value)
     assert "7 tensor(s) only in the fine-tuned model (layer.3.weight, layer.4.weight, layer.5.weight and 4 more)" in (
@@ -76,7 +77,7 @@ def test_the_message_names_the_first_few_tensors_and_the_count():
 
 def test_shape_mismatches_are_listed_with_both_shapes():
     base, finetuned = MLP(8, 16, 2, 3), MLP(8, 32, 2, 3)
-    with pytest.raises(IncompatibleModelsError, match="shape") as err:
+    with pytest.raises(DeltaMismatchError, match="shape") as err:
         delta_parameters(base, finetuned)
     assert "4 tensor(s) whose shape differs" in str(err.value)
     assert "(body.0.weight (16, 8) vs (32, 8), body.0.bias (16,) vs (32,), " in str(err.value)
@@ -93,7 +94,7 @@ def test_excluded_tensors_may_differ_or_exist_on_one_side_only():
     for pre in (base, body_only):
         deltas = delta_parameters(pre, finetuned)
         assert set(deltas) == {"body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"}
-    with pytest.raises(IncompatibleModelsError, match=r"head\.weight"):
+    with pytest.raises(DeltaMismatchError, match=r"head\.weight"):
         delta_parameters(body_only, finetuned, exclude=None)  # without the rule, the head is a real mismatch
 
 
@@ -105,8 +106,57 @@ def test_integer_buffers_are_not_deltas_and_need_not_match():
 
 def test_apply_delta_refuses_deltas_for_tensors_the_base_lacks():
     base = MLP(8, 16, 2, 3)
-    with pytest.raises(IncompatibleModelsError, match=r"1 tensor\(s\) the pre-trained model lacks: body\.9\.weight"):
+    with pytest.raises(DeltaMismatchError, match=r"1 tensor\(s\) the pre-trained model lacks: body\.9\.weight"):
         apply_delta(base, {"body.9.weight": torch.zeros(16, 16)})
+
+
+def test_a_mismatch_inside_our_own_experiment_code_is_a_bug_not_a_user_error(tmp_path, monkeypatch):
+    """Where darex builds both models itself (the synthetic and text experiments, the tiny Llama pair), a
+    mismatch is a naming bug: DeltaMismatchError keeps its traceback instead of becoming "pass the matching
+    pair" with exit 2."""
+    assert issubclass(DeltaMismatchError, ValueError) and not issubclass(DeltaMismatchError, UserError)
+    with pytest.raises(DeltaMismatchError) as err:
+        delta_parameters(MLP(8, 16, 2, 3), MLP(8, 16, 3, 3))
+    assert not isinstance(err.value, IncompatibleModelsError)
+
+    # End to end: the synthetic experiment's pair (built by our code) made mismatched; the CLI re-raises.
+    from darex import synthetic
+
+    monkeypatch.setenv("PRUNE_REPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(synthetic, "_fine_tuned_pair", lambda cfg, seed: {})
+    monkeypatch.setattr(synthetic, "_load_pair", lambda states, cfg: (
+        MLP(cfg.in_dim, cfg.hidden, cfg.depth, cfg.n_classes).eval(),
+        MLP(cfg.in_dim, cfg.hidden, cfg.depth + 1, cfg.n_classes).eval(),
+    ))  # fmt: skip
+    args = ["reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(tmp_path / "results"),
+            "--set", "experiment=synthetic"]  # fmt: skip
+    with pytest.raises(DeltaMismatchError, match="only in the fine-tuned model") as err:
+        run_cli(*args)
+    assert not isinstance(err.value, UserError)
+
+
+def test_the_tiny_llama_pair_is_ours_so_its_mismatch_is_a_bug(monkeypatch):
+    """decoder.base_path = decoder.finetuned_path = tiny-llama: both built by load_causal_lm, so a mismatch is
+    not turned into IncompatibleModelsError (the test in test_decoder_biases covers the user's directories)."""
+    from transformers import LlamaForCausalLM
+
+    from darex import decoder
+    from darex.config import TINY_LLAMA, DecoderConfig
+
+    original = decoder.load_causal_lm
+
+    def deeper_finetuned(path, dtype, role, vocab_size=0):
+        if role != "finetuned":
+            return original(path, dtype, role, vocab_size)
+        config = decoder.tiny_llama_config(vocab_size)
+        config.num_hidden_layers = 3
+        return LlamaForCausalLM(config).to(dtype).eval()
+
+    monkeypatch.setattr(decoder, "load_causal_lm", deeper_finetuned)
+    dc = DecoderConfig(base_path=TINY_LLAMA, finetuned_path=TINY_LLAMA, dtype="float32")
+    with pytest.raises(DeltaMismatchError, match=r"only in the fine-tuned model \(model\.layers\.2\.") as err:
+        decoder.DecoderBench(dc, torch.device("cpu"))
+    assert not isinstance(err.value, UserError)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -368,6 +418,98 @@ def test_a_model_directory_transformers_cannot_read_is_one_line(tmp_path, capsys
     with pytest.raises(UserError, match=r"decoder\.base_path: transformers cannot load .*llama") as err:
         load_causal_lm(str(tmp_path / "llama"), torch.float32, "base")
     assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------------
+# load_or_explain: what transformers 5 raises for a directory the user named becomes one line; anything else
+# (a wrong keyword argument of ours, a transformers internal) propagates unchanged
+
+
+@pytest.fixture(scope="module")
+def broken_dirs(tmp_path_factory):
+    """Model directories transformers cannot load, each for its own reason."""
+    from transformers import BertConfig, CLIPConfig
+
+    root = tmp_path_factory.mktemp("broken")
+    config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    config.save_pretrained(root / "config-only")  # no weights
+    (root / "bad-json").mkdir()
+    (root / "bad-json" / "config.json").write_text("{not json")
+    (root / "no-model-type").mkdir()
+    (root / "no-model-type" / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    (root / "unknown-type").mkdir()
+    (root / "unknown-type" / "config.json").write_text(json.dumps({"model_type": "frobnicator"}))
+    CLIPConfig().save_pretrained(root / "clip")  # a model type with no sequence-classification class
+    config.save_pretrained(root / "corrupt-weights")
+    (root / "corrupt-weights" / "model.safetensors").write_bytes(b"not a safetensors file" * 4)
+    config.save_pretrained(root / "bad-tokenizer")
+    (root / "bad-tokenizer" / "tokenizer.json").write_text("{bad")
+    (root / "empty").mkdir()
+    return root
+
+
+@pytest.mark.parametrize(
+    ("directory", "loader", "says"),
+    [
+        ("config-only", "model", "no file named model.safetensors"),  # OSError
+        ("bad-json", "model", "is not a valid JSON file"),  # OSError
+        ("no-model-type", "model", "Unrecognized model"),  # ValueError
+        ("unknown-type", "model", "does not recognize this architecture"),  # ValueError
+        ("clip", "model", "Unrecognized configuration class"),  # ValueError
+        ("corrupt-weights", "model", "Error while deserializing header"),  # SafetensorError
+        ("bad-tokenizer", "tokenizer", "not valid JSON"),  # json.JSONDecodeError (a ValueError)
+        ("empty", "tokenizer", "Couldn't instantiate the backend tokenizer"),  # ValueError
+    ],
+)
+def test_what_transformers_raises_for_an_unreadable_directory_is_one_line(broken_dirs, directory, loader, says):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from darex.checks import load_or_explain
+
+    path = broken_dirs / directory
+    auto = AutoTokenizer if loader == "tokenizer" else AutoModelForSequenceClassification
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with pytest.raises(UserError) as err:
+            load_or_explain(lambda: auto.from_pretrained(path, local_files_only=True), "--base", path, loader)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    message = str(err.value)
+    assert message.startswith(f"--base: transformers cannot load {loader} from {path}: ") and says in message
+    assert "\n" not in message and err.value.__cause__ is not None
+
+
+def test_other_errors_of_the_load_call_propagate_unchanged():
+    """A ValueError that is not about the directory (our own wrong argument, a transformers internal) is a bug:
+    the same exception object, not a UserError."""
+    from transformers import AutoTokenizer
+
+    from darex.checks import load_or_explain
+
+    internal = ValueError("some internal bug")
+
+    def load():
+        raise internal
+
+    with pytest.raises(ValueError) as err:
+        load_or_explain(load, "--base", "/some/model")
+    assert err.value is internal and not isinstance(err.value, UserError)
+
+    bad_type = TypeError("unexpected keyword argument 'frobnicate'")
+    with pytest.raises(TypeError) as err:
+        load_or_explain(lambda: (_ for _ in ()).throw(bad_type), "--base", "/some/model")
+    assert err.value is bad_type
+
+    # A real one: an option value transformers rejects, passed by (hypothetically) our code, for a good directory.
+    from darex.models import minilm_path
+
+    path = minilm_path()
+    with pytest.raises(ValueError, match="Padding side") as err:
+        load_or_explain(lambda: AutoTokenizer.from_pretrained(path, padding_side="middle", local_files_only=True),
+                        "--base", path, "a tokenizer")  # fmt: skip
+    assert not isinstance(err.value, UserError)
 
 
 def test_dare_on_checked_deltas_still_round_trips():

@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, UNet2DModel
@@ -270,8 +271,8 @@ LEVELS = core.NoiseLevels((3, 2, 1), (0.8, 0.5, 0.2, 0.0))
     [
         ({"size": (16, 41), "size_multiple": 8}, "width 41 is not a multiple of the VAE factor 8"),
         ({"size": (18, 16), "size_multiple": 4}, "height 18 is not a multiple of the VAE factor 4"),
-        ({"size": (8, 8)}, "must be larger"),  # not an upscale of the 8x8 previous image
-        ({"size": (16, 4)}, "must be larger"),
+        ({"size": (8, 4)}, "must not be smaller than the base (8, 8)"),  # shrinks the 8x8 previous image
+        ({"size": (16, 4)}, "must not be smaller"),
         ({"size": (16, 0)}, "size width"),
         ({"size": (16,)}, "size must be (height, width)"),
         ({"size_multiple": 0}, "size_multiple"),
@@ -336,3 +337,82 @@ def test_a_bad_sampling_argument_is_refused_before_any_network_call():
     with pytest.raises(ValueError, match="shape"):
         core.sample(net.denoise, (1, 3, 0, 8), LEVELS, None)
     assert net.calls == 0
+
+
+def test_a_stage_the_same_size_as_the_previous_one_is_a_refinement_pass():
+    """Stage sizes may stay the same (re-noise and denoise without upsampling), in one stage call and in the
+    progressive loop (factors 1.0: the base size; 1.05 rounds to it too); only shrinking is refused."""
+    net = Counting()
+    previous = torch.rand(1, 3, 8, 8)
+    out, info = core.diffusehigh_stage(previous, (8, 8), net.denoise, LEVELS, StageConfig(dwt_wave="haar"),
+                                       torch.Generator().manual_seed(0), net.encode, net.decode)  # fmt: skip
+    assert out.shape == previous.shape and info.size == (8, 8) and net.denoise_calls == len(LEVELS)
+    images, _ = core.diffusehigh(previous, net.denoise, LEVELS, StageConfig(scale_factors=(1.0, 1.05, 2.0)),
+                                 torch.Generator().manual_seed(0), net.encode, net.decode)  # fmt: skip
+    assert [tuple(im.shape[-2:]) for im in images] == [(8, 8), (8, 8), (16, 16)]
+    assert core.check_stage_sizes((8, 8), [(8, 8), (16, 8), (16, 16), (16, 16)]) == [(8, 8), (16, 8), (16, 16),
+                                                                                    (16, 16)]  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape("size[1] (16, 8) must not be smaller than stage 0 (16, 16)")):
+        core.check_stage_sizes((8, 8), [(16, 16), (16, 8)])
+    before = net.calls
+    with pytest.raises(ValueError, match="must not be smaller"):
+        core.diffusehigh(previous, net.denoise, LEVELS, StageConfig(scale_factors=(0.5, 2.0)), None, net.encode,
+                         net.decode)  # fmt: skip
+    assert net.calls == before
+
+
+def test_checks_raise_the_error_class_they_are_given():
+    """reproduce.validate_config passes ConfigError (a user error); direct calls get ValueError. A ``names`` key that
+    is no StageConfig field is the caller's bug, so it stays a plain ValueError whatever ``error`` is."""
+    from common.config import ConfigError
+    from common.errors import UserError
+
+    with pytest.raises(ConfigError, match=re.escape("stages.dwt_steps must be >= 0")):
+        core.validate_stage_config(StageConfig(dwt_steps=-1), {"dwt_steps": "stages.dwt_steps"}, error=ConfigError)
+    with pytest.raises(ValueError, match="dwt_steps must be >= 0") as plain:
+        core.validate_stage_config(StageConfig(dwt_steps=-1))
+    assert not isinstance(plain.value, UserError)
+    with pytest.raises(ValueError, match="names maps fields") as bug:
+        core.validate_stage_config(StageConfig(), {"no_such_field": "x"}, error=ConfigError)
+    assert not isinstance(bug.value, UserError)
+    for call in (
+        lambda: core.check_int(1.5, "n", error=ConfigError),
+        lambda: core.check_real(float("nan"), "x", error=ConfigError),
+        lambda: core.check_sharpening_sigma((2.0, 1.0), error=ConfigError),
+        lambda: core.check_stage_sizes((8, 8), [(4, 4)], error=ConfigError),
+        lambda: core.check_stage_sizes((8, 8), [(12, 12)], 8, error=ConfigError),
+    ):
+        with pytest.raises(ConfigError):
+            call()
+
+
+def test_check_int_takes_whole_floats_only_when_asked():
+    assert core.check_int(1024 * 1.5, "h", integral_float=True) == 1536
+    assert type(core.check_int(np.float32(64.0), "h", integral_float=True)) is int
+    assert core.check_int(np.int64(48), "h") == 48
+    for value in (1536.5, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="h must be an integer"):
+            core.check_int(value, "h", integral_float=True)
+    with pytest.raises(ValueError, match="h must be an integer"):
+        core.check_int(1536.0, "h")
+
+
+def test_the_progressive_loop_validates_the_stage_config_once(monkeypatch):
+    """Not once per stage on top of the up-front check; and PyWavelets' wavelet list is built once per process."""
+    calls = []
+    validate = core.validate_stage_config
+    monkeypatch.setattr(core, "validate_stage_config", lambda *a, **k: calls.append(1) or validate(*a, **k))
+    net = Counting()
+    stage = StageConfig(scale_factors=(1.5, 2.0, 3.0))
+    images, _ = core.diffusehigh(torch.rand(1, 3, 8, 8), net.denoise, LEVELS, stage, None, net.encode, net.decode)
+    assert len(images) == 3 and len(calls) == 1
+    core.diffusehigh_stage(torch.rand(1, 3, 8, 8), (16, 16), net.denoise, LEVELS, StageConfig())  # a direct call
+    assert len(calls) == 2  # checks its own arguments
+
+    wavelists = []
+    wavelist = core.pywt.wavelist
+    monkeypatch.setattr(core.pywt, "wavelist", lambda *a, **k: wavelists.append(1) or wavelist(*a, **k))
+    core.discrete_wavelets.cache_clear()
+    for wave in ("haar", "db4", "sym4"):
+        core.validate_stage_config(StageConfig(dwt_wave=wave))
+    assert len(wavelists) == 1

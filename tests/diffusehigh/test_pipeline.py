@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -195,6 +196,13 @@ def spied():
     return p, spy(p)
 
 
+def _image_with(value: float) -> torch.Tensor:
+    """A 24 x 24 guidance image in [0, 0.9] with one pixel set to ``value``."""
+    image = torch.rand(1, 3, 24, 24) * 0.9
+    image[0, 0, 0, 0] = value
+    return image
+
+
 DROP = object()
 """A value in a test case that removes the keyword from the call."""
 
@@ -203,10 +211,15 @@ BAD_ARGUMENTS = {
     "... also without the DWT": (
         {"target_width": [48, 63], "enable_dwt": False}, "target_width: target size[1] width 63 is not a multiple",
     ),
-    "stage sizes not increasing": (
-        {"target_height": [64, 48], "target_width": [64, 48]}, "target size[1] (48, 48) must be larger than stage 0",
+    "shrinking stage": (
+        {"target_height": [64, 48], "target_width": [64, 48]},
+        "target size[1] (48, 48) must not be smaller than stage 0 (64, 64)",
     ),
-    "first stage not above the base": ({"target_height": [32], "target_width": [32]}, "must be larger than the base"),
+    "shrinking on one side": ({"target_height": [64, 64], "target_width": [64, 48]}, "not be smaller than stage 0"),
+    "first stage below the base": ({"target_height": [30], "target_width": [32]}, "must not be smaller than the base"),
+    "a fractional float size": ({"target_width": [48.5, 64.0]}, "target_width[0] must be an integer"),
+    "a 2-D array of sizes": ({"target_height": np.array([[48, 64]])}, "target_height must be a non-empty list"),
+    "a numpy int for a flag": ({"return_dict": np.int64(1)}, "return_dict must be True or False"),
     "no stages": ({"target_height": [], "target_width": []}, "target_height must be a non-empty list"),
     "stage lists of different lengths": ({"target_width": [48]}, "same, non-zero number of stages"),
     "a size, not a list": ({"target_height": 64, "target_width": 64}, "target_height must be a non-empty list"),
@@ -240,9 +253,17 @@ BAD_ARGUMENTS = {
     "embeddings without pooled ones": ({"pooled_prompt_embeds": DROP}, "pooled_prompt_embeds"),
     "guidance image with 4 channels": ({"guidance_image": torch.rand(1, 4, 24, 24)}, "guidance_image must be (B, 3"),
     "guidance image out of [0, 1]": ({"guidance_image": torch.rand(1, 3, 24, 24) + 1}, "guidance_image values"),
+    "guidance image just past the tolerance": (
+        {"guidance_image": _image_with(1 + 2e-3)}, "values must be in [0, 1] (up to 0.001, then clamped), got [0",
+    ),
+    "guidance image in [-1, 1]": ({"guidance_image": torch.rand(1, 3, 24, 24) * 2 - 1}, "guidance_image values"),
+    "guidance image with a NaN": (
+        {"guidance_image": _image_with(float("nan"))}, "guidance_image values",
+    ),
     "guidance images for another batch": ({"guidance_image": torch.rand(2, 3, 24, 24)}, "guidance_image holds 2"),
     "stage below the guidance image": (
-        {"guidance_image": torch.rand(1, 3, 24, 24), "target_height": [20], "target_width": [48]}, "must be larger",
+        {"guidance_image": torch.rand(1, 3, 24, 24), "target_height": [20], "target_width": [48]},
+        "must not be smaller than the base (24, 24)",
     ),
     "stage not a multiple, guidance image": (
         {"guidance_image": torch.rand(1, 3, 24, 24), "target_height": [49], "target_width": [48]},
@@ -284,3 +305,65 @@ def test_a_scheduler_other_than_euler_is_refused_before_the_first_unet_call():
     with pytest.raises(ValueError, match="EulerDiscreteScheduler"):
         p(generator=torch.Generator().manual_seed(0), **KW, **prompt_embeds())
     assert counts["unet"] == 0
+
+
+SIZE_FORMS = {
+    "tuple": ((48, 64), (48, 64)),
+    "range": (range(48, 65, 16), range(48, 65, 16)),
+    "numpy int array": (np.array([48, 64]), np.array([48, 64], dtype=np.int32)),
+    "numpy scalars": ([np.int64(48), np.int32(64)], [np.int16(48), np.uint16(64)]),
+    "whole floats": ([32 * 1.5, 32 * 2.0], [48.0, np.float32(64.0)]),
+    "numpy float array": (np.array([48.0, 64.0]), np.array([48.0, 64.0], dtype=np.float32)),
+    "1-D tensor": (torch.tensor([48, 64]), torch.tensor([48.0, 64.0])),
+}
+
+
+@pytest.mark.parametrize("heights, widths", SIZE_FORMS.values(), ids=SIZE_FORMS.keys())
+def test_target_sizes_in_any_integer_form_reach_the_unet(spied, heights, widths):
+    """Sequences, ranges, numpy arrays and whole-number floats (1024 * 1.5 = 1536.0) are sizes, as before the
+    checks were added; they give the same image as a list of ints."""
+    p, counts = spied
+    kw = {**KW, **prompt_embeds()}
+    reference = p(generator=torch.Generator().manual_seed(0), **kw).images
+    before = counts["unet"]
+    out = p(generator=torch.Generator().manual_seed(0), **{**kw, "target_height": heights, "target_width": widths})
+    assert counts["unet"] == before + STEPS + 2 * NOISING
+    assert out.images.shape == (1, 3, 64, 64) and torch.equal(out.images, reference)
+
+
+def test_a_stage_the_same_size_as_the_previous_one_is_a_refinement_pass(spied):
+    """A repeated size (and a first stage at the base size) runs a stage without upsampling; shrinking is refused
+    above (BAD_ARGUMENTS: "shrinking stage", no UNet call)."""
+    p, counts = spied
+    before = counts["unet"]
+    out = p(generator=torch.Generator().manual_seed(0),
+            **{**KW, "target_height": [32, 48, 48], "target_width": [32, 48, 48]}, **prompt_embeds())  # fmt: skip
+    assert counts["unet"] == before + STEPS + 3 * NOISING
+    assert [tuple(x.shape[-2:]) for x in out.stage_images] == [(32, 32), (48, 48), (48, 48)]
+
+
+def test_numpy_bools_are_flags(spied):
+    p, counts = spied
+    kw = {**KW, **prompt_embeds()}
+    reference = p(generator=torch.Generator().manual_seed(0), enable_dwt=False, **kw).images
+    before = counts["unet"]
+    images, _ = p(generator=torch.Generator().manual_seed(0), enable_dwt=np.False_, enable_sharpening=np.True_,
+                       enable_vae_tiling=np.bool_(True), return_dict=np.False_, **kw)  # fmt: skip
+    assert counts["unet"] == before + STEPS + 2 * NOISING and torch.equal(images, reference)
+    assert not p.vae.use_tiling  # the VAE's own setting is restored after the stages
+
+
+def test_a_guidance_image_slightly_outside_0_1_is_clamped(spied):
+    """fp16 rounding or a resize's overshoot (up to 1e-3) is accepted and clamped; the stages see the clamped image
+    (the same result as passing it clamped)."""
+    p, counts = spied
+    low = torch.rand(1, 3, 24, 24)
+    low[0, 0, 0, 0], low[0, 1, 0, 0] = -5e-4, 1 + 8e-4
+    kw = {**KW, "target_height": [48], "target_width": [48], **prompt_embeds()}
+    before = counts["unet"]
+    out = p(guidance_image=low, generator=torch.Generator().manual_seed(0), **kw)
+    assert counts["unet"] == before + NOISING
+    clamped = p(guidance_image=low.clamp(0, 1), generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(out.guidance_images, low.clamp(0, 1)) and torch.equal(out.images, clamped.images)
+    half = p(guidance_image=low.half(), generator=torch.Generator().manual_seed(0), **kw)  # fp16 input
+    assert half.images.shape == (1, 3, 48, 48)

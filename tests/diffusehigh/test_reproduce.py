@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from common.cli import main, report_all
-from common.config import override
+from common.config import ConfigError, override
+from common.errors import UserError
 from common.results import NOT_REPRODUCED, PARTLY, REPRODUCED, VERDICTS, load_record
-from diffusehigh import config, reproduce
+from diffusehigh import config, core, reproduce
 from diffusehigh import train as train_lib
 from tests.smoke import load_smoke_record, run_smoke
 
@@ -186,7 +188,10 @@ def test_paper_preset_paths_are_all_checked_before_loading(tmp_path, capsys, no_
         ("stages.stage_steps=500", "stages.stage_steps"),  # more steps than timesteps below sigma 0.78 (t ~ 213)
         ("ablation.dwt_steps=(0, -3)", "ablation.dwt_steps must be >= 0"),
         ("ablation.dwt_level=(0,)", "ablation.dwt_level must be >= 1"),
-        ("ablation.scale_factors=(1.0,)", "ablation.scale_factors"),  # not above the base
+        ("ablation.scale_factors=(0.5,)", "ablation.scale_factors (8, 8) must not be smaller than the base (16, 16)"),
+        ("model.num_train_timesteps=0", "model.num_train_timesteps must be >= 1"),
+        ("model.norm_num_groups=0", "model.norm_num_groups must be >= 1"),
+        ("model.beta_end=1.5", "model.beta_end must be in (0, 1)"),
         ("model.num_inference_steps=0", "model.num_inference_steps must be >= 1"),
         ("model.norm_num_groups=3", "model.norm_num_groups"),
         ("num_samples=0", "num_samples must be >= 1"),
@@ -198,6 +203,40 @@ def test_a_bad_config_value_is_one_line_before_any_training(tmp_path, capsys, no
     assert main("diffusehigh", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and key in err, err
+
+
+def test_a_bad_config_value_is_a_config_error_chained_to_its_cause():
+    """Checks raise ConfigError themselves; the one library error that means a bad value (stage steps that do not
+    fit below the noise level's timestep) is re-raised as one, chained to the original."""
+    with pytest.raises(ConfigError, match=re.escape("stages.noise_sigma must be > 0")) as direct:
+        reproduce.validate_config(override(config.smoke(), ["stages.noise_sigma=0.0"]))
+    assert direct.value.__cause__ is None
+    with pytest.raises(ConfigError, match=re.escape("stages.stage_steps / noise_sigma")) as wrapped:
+        reproduce.validate_config(override(config.smoke(), ["stages.stage_steps=500"]))
+    assert type(wrapped.value.__cause__) is ValueError and "use fewer stage steps" in str(wrapped.value.__cause__)
+
+
+def test_a_bug_in_the_checked_code_is_not_reported_as_a_user_error(tmp_path, capsys, monkeypatch, no_loading):
+    """A ValueError from code validate_config calls (not from a check of a value) is a bug: it propagates as itself,
+    with its traceback, and the CLI does not turn it into a one-line user error (exit 2)."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("bug")
+
+    monkeypatch.setattr(reproduce, "build_scheduler", broken)
+    with pytest.raises(ValueError, match=r"^bug$") as raised:
+        reproduce.validate_config(config.smoke())
+    assert not isinstance(raised.value, UserError)
+    assert any(entry.name == "broken" for entry in raised.traceback)  # the origin is kept
+    argv = ["reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(tmp_path)]
+    with pytest.raises(ValueError, match=r"^bug$"):
+        main("diffusehigh", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv)
+    assert "diffusehigh: error:" not in capsys.readouterr().err
+
+    monkeypatch.setattr(core, "stage_sizes", broken)  # the same for the stage-size arithmetic
+    with pytest.raises(ValueError, match=r"^bug$") as raised:
+        reproduce.validate_config(config.smoke())
+    assert not isinstance(raised.value, UserError)
 
 
 def test_every_preset_passes_its_own_checks(sdxl_dir):
@@ -335,3 +374,25 @@ def test_train_command_checks_the_config_before_training(tmp_path, capsys, monke
                 commands={"train": reproduce.TRAIN_COMMAND})  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "model.norm_num_groups" in err, err
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--preset", "paper"], "preset 'paper' has no model to train (backbone 'sdxl'"),
+        (["train", "--preset", "smoke", "--set", "train.steps=0"], "presets with one: smoke, mini"),
+        (["train", "--preset", "smoke", "--set", "no_such_key=1"], "unknown config key 'no_such_key'"),
+    ],
+    ids=["sdxl preset", "no training steps", "bad --set"],
+)
+def test_train_command_user_errors_are_one_line_exit_2(capsys, monkeypatch, argv, expected):
+    """Through the shared CLI like every user error (before: SystemExit with a message, exit status 1)."""
+
+    def train(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(train_lib, "train_base_model", train)
+    code = main("diffusehigh", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv,
+                commands={"train": reproduce.TRAIN_COMMAND})  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("diffusehigh: error: ") and expected in err, err

@@ -23,7 +23,9 @@ from three_regime import config, grid
 
 pytestmark = pytest.mark.e2e  # whole preset runs; `make test` skips them on its second kernel pass
 
-SETS = ["--set", "data.num_samples=1000"]  # half the smoke data: the same pipeline in about half the time
+# half the smoke data (the same pipeline in about half the time), and jobs in this process: a killed parent
+# must not leave worker processes behind that go on writing entries
+SETS = ["--set", "data.num_samples=1000", "--set", "shard.workers=1"]
 COMMAND = [sys.executable, "-m", "three_regime", "reproduce", "--preset", "smoke", "--no-readme", *SETS]
 KILL_AFTER = 3  # cache entries on disk: the dense run and two cells
 TIMEOUT_S = 240
@@ -57,6 +59,7 @@ def _log(root: Path) -> str:
     return (root / "log.txt").read_text()[-3000:]
 
 
+@pytest.mark.timeout(3 * TIMEOUT_S)  # three preset processes, each bounded by TIMEOUT_S
 def test_sigkilled_run_resumes_from_its_cache_to_the_uninterrupted_record(tmp_path):
     run, ref = tmp_path / "run", tmp_path / "reference"
     reference = _start(ref)  # from an empty cache, never interrupted
