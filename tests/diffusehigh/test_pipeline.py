@@ -197,9 +197,10 @@ def spied():
 
 
 def _image_with(value: float) -> torch.Tensor:
-    """A 24 x 24 guidance image in [0, 0.9] with one pixel set to ``value``."""
-    image = torch.rand(1, 3, 24, 24) * 0.9
-    image[0, 0, 0, 0] = value
+    """A 24 x 24 guidance image in [0, 0.9] with one pixel set to ``value``: a fixed ramp, not random numbers,
+    whose last bits differ between CPU kernel paths (so is the minimum printed in the message)."""
+    image = torch.linspace(0.0, 0.9, 3 * 24 * 24).reshape(1, 3, 24, 24)
+    image[0, -1, -1, -1] = value  # the ramp's maximum; its minimum stays exactly 0
     return image
 
 
@@ -254,7 +255,8 @@ BAD_ARGUMENTS = {
     "guidance image with 4 channels": ({"guidance_image": torch.rand(1, 4, 24, 24)}, "guidance_image must be (B, 3"),
     "guidance image out of [0, 1]": ({"guidance_image": torch.rand(1, 3, 24, 24) + 1}, "guidance_image values"),
     "guidance image just past the tolerance": (
-        {"guidance_image": _image_with(1 + 2e-3)}, "values must be in [0, 1] (up to 0.001, then clamped), got [0",
+        {"guidance_image": _image_with(1 + 2e-3)},
+        "values must be in [0, 1] (up to 0.001, then clamped), got [0, 1.002]",
     ),
     "guidance image in [-1, 1]": ({"guidance_image": torch.rand(1, 3, 24, 24) * 2 - 1}, "guidance_image values"),
     "guidance image with a NaN": (
