@@ -32,11 +32,16 @@ from .runtime import REPO_ROOT, atomic_write_bytes
 SCHEMA_VERSION = 1
 RECORD_FILE = "record.json"
 
-REPRODUCED = "reproduced"
-PARTLY = "partly reproduced"
-NOT_REPRODUCED = "not reproduced"
-NOT_TESTABLE = "not testable here"
-VERDICTS = (REPRODUCED, PARTLY, NOT_REPRODUCED, NOT_TESTABLE)
+from .stats import (  # noqa: F401 (the verdict vocabulary lives in common.stats; re-exported for old imports)
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    PARTLY,
+    REPRODUCED,
+    RULES_MARKDOWN,
+    VERDICTS,
+    Judgement,
+)
 
 TRACKED_PACKAGES = (
     "torch", "torchvision", "timm", "diffusers", "transformers", "accelerate",
@@ -114,6 +119,16 @@ class Measurement:
     def ours(self) -> str:
         return format_mean_std(self.values, self.digits)
 
+    def at(self, seeds: Sequence[int]) -> list[float]:
+        """The values of ``seeds`` (this measurement must have been recorded with its seeds)."""
+        if self.seeds is None:
+            raise ValueError(f"{self.setting!r}/{self.metric!r} has no seeds to select from")
+        index = {s: i for i, s in enumerate(self.seeds)}
+        missing = [s for s in seeds if s not in index]
+        if missing:
+            raise KeyError(f"{self.setting!r}/{self.metric!r}: seeds {missing} not among {self.seeds}")
+        return [self.values[index[s]] for s in seeds]
+
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out.update(mean=self.mean, std=self.std, n=self.n)
@@ -122,16 +137,29 @@ class Measurement:
 
 @dataclass
 class Claim:
-    """A qualitative claim of the paper and our verdict on it, with the evidence on both sides."""
+    """A qualitative claim of the paper and our verdict on it, with the evidence on both sides.
+
+    Claims judged with :func:`common.stats.replicate` also carry the effect with its interval, n, the
+    precondition and its measured value, the verdicts of the two seed halves, and the tests as data (``stats``).
+    """
 
     claim: str
     paper_evidence: str
     our_evidence: str
     verdict: str
+    id: str = ""
+    """A stable identifier ("C1", "C2a", ...), the same across presets and runs."""
+    effect: str = ""
+    n: int | None = None
+    precondition: str = ""
+    verdict_a: str = ""
+    verdict_b: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        for v in (self.verdict, self.verdict_a or self.verdict, self.verdict_b or self.verdict):
+            if v not in VERDICTS:
+                raise ValueError(f"verdict must be one of {VERDICTS}, got {v!r}")
 
 
 @dataclass
@@ -159,8 +187,30 @@ class RunRecord:
         self.measurements.append(m)
         return m
 
-    def claim(self, claim: str, *, paper_evidence: str, our_evidence: str, verdict: str) -> Claim:
-        c = Claim(claim=claim, paper_evidence=paper_evidence, our_evidence=our_evidence, verdict=verdict)
+    def claim(
+        self,
+        claim: str,
+        *,
+        paper_evidence: str,
+        our_evidence: str,
+        verdict: str | None = None,
+        judgement: Judgement | None = None,
+        id: str = "",
+    ) -> Claim:
+        """Append a claim; its verdict comes from ``judgement`` (preferred) or is given as ``verdict``."""
+        if (verdict is None) == (judgement is None):
+            raise ValueError("give a claim either a judgement or a verdict")
+        if judgement is None:
+            c = Claim(claim=claim, paper_evidence=paper_evidence, our_evidence=our_evidence, verdict=verdict, id=id)
+        else:
+            pre = judgement.precondition
+            c = Claim(
+                claim=claim, paper_evidence=paper_evidence, our_evidence=our_evidence, verdict=judgement.verdict, id=id,
+                effect=judgement.effect_text(), n=judgement.n, precondition=pre.describe() if pre else "",
+                verdict_a=judgement.verdict_a, verdict_b=judgement.verdict_b, stats=judgement.to_json(),
+            )  # fmt: skip
+        if id and any(other.id == id for other in self.claims):
+            raise ValueError(f"claim id {id!r} used twice")
         self.claims.append(c)
         return c
 
@@ -317,10 +367,21 @@ def paper_vs_ours_table(measurements: Sequence[Measurement]) -> str:
 
 
 def claims_table(claims: Sequence[Claim]) -> str:
+    """One row per claim; claims judged with intervals get the effect, n, precondition and both halves."""
+    if not any(c.effect for c in claims):
+        return markdown_table(
+            ["Claim", "Paper's evidence", "Our evidence", "Verdict"],
+            [(c.claim, c.paper_evidence, c.our_evidence, f"**{c.verdict}**") for c in claims],
+        )
+    rows = []
+    for c in claims:
+        name = f"**{c.id}** {c.claim}" if c.id else c.claim
+        halves = f"{c.verdict_a or '–'} / {c.verdict_b or '–'}"
+        rows.append((name, c.paper_evidence, c.our_evidence, c.effect or "–", "–" if c.n is None else c.n,
+                     c.precondition or "–", halves, f"**{c.verdict}**"))  # fmt: skip
     return markdown_table(
-        ["Claim", "Paper's evidence", "Our evidence", "Verdict"],
-        [(c.claim, c.paper_evidence, c.our_evidence, f"**{c.verdict}**") for c in claims],
-    )
+        ["Claim", "Paper's evidence", "Our evidence", "Effect [95% CI]", "n", "Precondition", "Halves A / B",
+         "Verdict"], rows)  # fmt: skip
 
 
 def _describe_run(record: RunRecord) -> str:
@@ -354,7 +415,8 @@ def render_record(record: RunRecord, heading_level: int = 3) -> str:
     for table, measurements in record.tables().items():
         parts.append(f"{h} {table}\n\n{paper_vs_ours_table(measurements)}")
     if record.claims:
-        parts.append(f"{h} Claims\n\n{claims_table(record.claims)}")
+        rules = f"\n\n{RULES_MARKDOWN}" if any(c.effect for c in record.claims) else ""
+        parts.append(f"{h} Claims\n\n{claims_table(record.claims)}{rules}")
     return "\n\n".join(parts) + "\n"
 
 
