@@ -28,10 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from .runtime import REPO_ROOT, atomic_write_bytes
-
-SCHEMA_VERSION = 1
-RECORD_FILE = "record.json"
-
 from .stats import (  # noqa: F401 (the verdict vocabulary lives in common.stats; re-exported for old imports)
     INCONCLUSIVE,
     NOT_REPRODUCED,
@@ -42,6 +38,9 @@ from .stats import (  # noqa: F401 (the verdict vocabulary lives in common.stats
     VERDICTS,
     Judgement,
 )
+
+SCHEMA_VERSION = 1
+RECORD_FILE = "record.json"
 
 TRACKED_PACKAGES = (
     "torch", "torchvision", "timm", "diffusers", "transformers", "accelerate",

@@ -120,10 +120,8 @@ def difference(a: Sequence[float], b: Sequence[float], confidence: float = CONFI
         return Effect(est, -math.inf, math.inf, min(x.size, y.size), "single value")
     va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
     se = math.sqrt(va + vb)
-    if se == 0.0:
-        df = float(x.size + y.size - 2)
-    else:
-        df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
+    # Welch-Satterthwaite degrees of freedom (pooled df when both samples are constant)
+    df = float(x.size + y.size - 2) if se == 0.0 else (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
     return Effect(est, *_t_interval(est, se, df, confidence), min(x.size, y.size), "Welch t")
 
 
@@ -253,8 +251,10 @@ class Judgement:
                 continue
             for name, half in (("A", a), ("B", b)):
                 if half.leaning != full.leaning:
-                    return f"half {name}'s estimate of '{full.label}' ({half.effect.estimate:+.{full.digits}f}) is " \
-                           f"on the other side of the margin from all seeds' ({full.effect.estimate:+.{full.digits}f})"
+                    return (
+                        f"half {name}'s estimate of '{full.label}' ({half.effect.estimate:+.{full.digits}f}) is "
+                        f"on the other side of the margin from all seeds' ({full.effect.estimate:+.{full.digits}f})"
+                    )
         return ""
 
     @property
