@@ -105,6 +105,7 @@ reproduce-all: install ## run every paper's preset in turn; fails at the end if 
 
 report: install ## rebuild every table, figure and README block from saved results (no re-running)
 	@for p in $(PAPERS); do $(PY) -m $$p report || exit 1; done
+	$(PY) -m common.overview
 
 clean: ## remove caches of intermediate artifacts and tool caches (keeps .venv, data/ and results/)
 	rm -rf .cache .pytest_cache .ruff_cache

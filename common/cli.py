@@ -37,6 +37,7 @@ from .config import ConfigError, Preset, config_hash, describe, get_preset, over
 from .results import (
     RECORD_FILE,
     RunRecord,
+    claim_anchors,
     load_record,
     provenance,
     render_record,
@@ -174,17 +175,40 @@ def report_all(
         if readme is None and presets is not None and preset not in presets:
             continue
         record = load_record(paper_dir / preset)
-        body = report(record, paper_dir / preset)
+        with claim_anchors(f"{paper}-{preset}"):
+            body = report(record, paper_dir / preset)
         write_record(record, paper_dir / preset, markdown=body)
         if link_base is not None:
             body = rebase_links(body, paper_dir / preset, link_base)
         make_hint = f"make reproduce-{paper}" + ("" if preset == "mini" else f" PRESET={preset}")
         sections.append(f"### Preset `{preset}` (`{make_hint}`)\n\n{body.strip()}")
     content = "\n\n".join(sections) or f"_No results recorded yet: run `make reproduce-{paper}`._"
+    cite = cite_line(paper, results_dir)
+    if cite:
+        content = f"{cite}\n\n{content}"
     if readme is not None:
         changed = update_readme_block(readme, README_BLOCK, content)
         log.info("%s: README results block %s", paper, "updated" if changed else "unchanged")
     return content
+
+
+def cite_line(paper: str, results_dir: Path) -> str:
+    """'How to cite this reproduction': the paper, the claim ids of the default record, its commit."""
+    from .overview import PAPERS  # the titles; imported here to keep the CLI's import light
+
+    titles = {p.package: p for p in PAPERS}
+    path = results_dir / paper / "mini"
+    if paper not in titles or not (path / RECORD_FILE).exists():
+        return ""
+    record = load_record(path)
+    ids = [c.id for c in record.claims if c.id]
+    named = f"claims `{paper}.{ids[0]}`–`{paper}.{ids[-1]}`" if len(ids) > 1 else (
+        f"claim `{paper}.{ids[0]}`" if ids else "the claims table")  # fmt: skip
+    commit = (record.provenance.get("git_commit") or "unknown")[:10]
+    p = titles[paper]
+    return (f"**How to cite this reproduction:** {p.title} ({p.venue}), reproduced in this repository's `{paper}` "
+            f"package: {named} of the `mini` record (commit `{commit}`); cite the repository with its "
+            "`CITATION.cff`. All claims of the five papers: [results/README.md](../results/README.md).")  # fmt: skip
 
 
 def _build_parser(

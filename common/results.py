@@ -12,6 +12,8 @@ a README shows is rendered from records by code, between markers, never typed by
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import dataclasses
 import datetime as _dt
@@ -365,18 +367,43 @@ def paper_vs_ours_table(measurements: Sequence[Measurement]) -> str:
     return markdown_table(["Setting", "Metric", "Paper", "Ours (mean ± std)", "n"], rows)
 
 
+_ANCHOR_PREFIX: contextvars.ContextVar[str] = contextvars.ContextVar("claim_anchor_prefix", default="")
+
+
+@contextlib.contextmanager
+def claim_anchors(prefix: str):
+    """Claims tables rendered inside give each claim with an id an HTML anchor ``<prefix>-<id>`` (lower case),
+    so the overview of all claims (``common.overview``) can link to the card's row."""
+    token = _ANCHOR_PREFIX.set(prefix)
+    try:
+        yield
+    finally:
+        _ANCHOR_PREFIX.reset(token)
+
+
+def claim_anchor(prefix: str, claim_id: str) -> str:
+    return f"{prefix}-{claim_id}".lower()
+
+
 def claims_table(claims: Sequence[Claim]) -> str:
     """One row per claim; claims judged with intervals get the effect, n, precondition and both halves."""
+    prefix = _ANCHOR_PREFIX.get()
+
+    def name(c: Claim) -> str:
+        if not c.id:
+            return c.claim
+        anchor = f'<a id="{claim_anchor(prefix, c.id)}"></a>' if prefix else ""
+        return f"{anchor}**{c.id}** {c.claim}"
+
     if not any(c.effect for c in claims):
         return markdown_table(
             ["Claim", "Paper's evidence", "Our evidence", "Verdict"],
-            [(c.claim, c.paper_evidence, c.our_evidence, f"**{c.verdict}**") for c in claims],
+            [(name(c), c.paper_evidence, c.our_evidence, f"**{c.verdict}**") for c in claims],
         )
     rows = []
     for c in claims:
-        name = f"**{c.id}** {c.claim}" if c.id else c.claim
         halves = f"{c.verdict_a or '–'} / {c.verdict_b or '–'}"
-        rows.append((name, c.paper_evidence, c.our_evidence, c.effect or "–", "–" if c.n is None else c.n,
+        rows.append((name(c), c.paper_evidence, c.our_evidence, c.effect or "–", "–" if c.n is None else c.n,
                      c.precondition or "–", halves, f"**{c.verdict}**"))  # fmt: skip
     return markdown_table(
         ["Claim", "Paper's evidence", "Our evidence", "Effect [95% CI]", "n", "Precondition", "Halves A / B",
