@@ -8,6 +8,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= mini
 ARGS ?=
+# NPROC=N: data-parallel over N processes (N GPUs via accelerate, else N CPU processes; common/launch.py)
+NPROC ?=
+LAUNCH = $(if $(strip $(NPROC)),$(PY) -m common.launch --nproc $(NPROC) -m,$(PY) -m)
 PYTEST_ARGS ?=
 PAPERS := nvit three_regime diffusehigh darex masksparsity
 
@@ -82,24 +85,24 @@ format: install ## apply ruff's fixes and formatting
 	$(PY) -m ruff format .
 
 reproduce-nvit: install ## NViT: Hessian-aware global ViT pruning (CVPR 2023)
-	$(PY) -m nvit reproduce --preset $(PRESET) $(ARGS)
+	$(LAUNCH) nvit reproduce --preset $(PRESET) $(ARGS)
 
 reproduce-three_regime: install ## Three-regime model of network pruning (ICML 2023)
-	$(PY) -m three_regime reproduce --preset $(PRESET) $(ARGS)
+	$(LAUNCH) three_regime reproduce --preset $(PRESET) $(ARGS)
 
 reproduce-diffusehigh: install ## DiffuseHigh: training-free high-resolution synthesis (AAAI 2025)
-	$(PY) -m diffusehigh reproduce --preset $(PRESET) $(ARGS)
+	$(LAUNCH) diffusehigh reproduce --preset $(PRESET) $(ARGS)
 
 reproduce-darex: install ## DAREx: delta-parameter pruning at extreme rates (ICLR 2025)
-	$(PY) -m darex reproduce --preset $(PRESET) $(ARGS)
+	$(LAUNCH) darex reproduce --preset $(PRESET) $(ARGS)
 
 reproduce-masksparsity: install ## MaskSparsity: pruning-aware sparse regularisation (MIR 2023)
-	$(PY) -m masksparsity reproduce --preset $(PRESET) $(ARGS)
+	$(LAUNCH) masksparsity reproduce --preset $(PRESET) $(ARGS)
 
 reproduce-all: install ## run every paper's preset in turn; fails at the end if any failed
 	@failed=""; for p in $(PAPERS); do \
 		echo "=== $$p ($(PRESET))"; \
-		$(PY) -m $$p reproduce --preset $(PRESET) $(ARGS) || failed="$$failed $$p"; \
+		$(LAUNCH) $$p reproduce --preset $(PRESET) $(ARGS) || failed="$$failed $$p"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "failed or not implemented:$$failed" >&2; exit 1; fi
 

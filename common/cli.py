@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from . import errors, runtime
+from . import distributed, errors, runtime
 from .config import ConfigError, Preset, config_hash, describe, get_preset, override, to_dict
 from .results import (
     RECORD_FILE,
@@ -293,8 +293,13 @@ def main(
     description: str = "",
     commands: Mapping[str, Command] | None = None,
     argv: list[str] | None = None,
+    supports_distributed: bool = False,
 ) -> int:
-    """Parse ``argv`` and run the sub-command; returns the process exit code."""
+    """Parse ``argv`` and run the sub-command; returns the process exit code.
+
+    ``supports_distributed``: the paper's ``run`` splits its work across the processes of
+    ``common.distributed`` (``make reproduce-<paper> NPROC=N``); others refuse to run under a launcher.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     commands = dict(commands or {})
     parser = _build_parser(
@@ -302,7 +307,8 @@ def main(
     )
     args = parser.parse_args(argv)
     try:
-        return _dispatch(paper, parser, args, presets=presets, run=run, report=report, commands=commands)
+        return _dispatch(paper, parser, args, presets=presets, run=run, report=report, commands=commands,
+                         supports_distributed=supports_distributed)  # fmt: skip
     except errors.UserError as err:
         if args.debug or errors.debug_enabled():
             raise
@@ -324,6 +330,7 @@ def _dispatch(
     run: RunFn,
     report: ReportFn,
     commands: Mapping[str, Command],
+    supports_distributed: bool = False,
 ) -> int:
     if args.command in commands:
         runtime.enable_offline_mode()
@@ -348,7 +355,13 @@ def _dispatch(
         return 0
 
     runtime.enable_offline_mode()
-    device = runtime.select_device(args.device)
+    world = distributed.world_size()
+    if world > 1 and not supports_distributed:
+        raise errors.UserError(
+            f"{world} processes were launched, but {paper}'s reproduce does not split its work across processes yet "
+            f"(each would repeat the whole run). Run it without NPROC / the launcher."
+        )
+    device = distributed.device() if world > 1 else runtime.select_device(args.device)
     threads = runtime.set_threads(args.threads)
     cap = getattr(cfg, "max_threads", 0)  # a preset whose model is too small to split over threads says so
     if cap and threads > cap:
@@ -380,6 +393,9 @@ def _dispatch(
     record.provenance["wall_time_s"] = round(wall, 2)
     if ctx.timer.seconds:
         record.provenance["phases_s"] = ctx.timer.breakdown(total_s=wall)
+    record.provenance.update(distributed.describe())
+    if not distributed.is_main():  # only rank 0 writes records, tables, figures and the README
+        return 0
     write_json_atomic(out_dir / RECORD_FILE, record.to_json())
     log.info("wrote %s", out_dir / RECORD_FILE)
     report_all(paper, results_dir, report, readme=None if args.no_readme else readme_path(paper), presets=[args.preset])
