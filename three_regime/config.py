@@ -151,12 +151,30 @@ class RegimeConfig:
         "Regime I iff mc < -mc_barrier (train-error fraction). Our choice: the official code has no "
         "threshold; the notes suggest 0.01-0.05",
     )
-    cka_split: Literal["column_median", "threshold"] = param(
+    cka_split: Literal["column_median", "column_max", "threshold"] = param(
         "column_median",
-        "how connected cells split into II-A (dissimilar) and II-B (similar): CKA below/above "
-        "the median of its density column, or below/above cka_threshold. Our choice, not the paper's",
+        "how connected cells split into II-A (dissimilar) and II-B (similar): CKA below/above the median "
+        "of the connected cells of its density column, their maximum (the most similar cell), or "
+        "cka_threshold, each less cka_margin. Our choice, not the paper's",
     )
     cka_threshold: float = param(0.95, "CKA threshold when cka_split=threshold (our choice)")
+    cka_margin: float = param(
+        0.0,
+        "minimum CKA difference that counts: a connected cell is II-A only if its CKA is more than this below "
+        "the split's reference (0 = any difference, even in the 4th decimal). Also the decision margin of "
+        "claim C3 (three_regime/claims.py)",
+    )
+
+
+@dataclass(frozen=True)
+class ClaimsConfig:
+    """What the claim rules (three_regime/claims.py) need besides the grid: their preconditions."""
+
+    min_dense_accuracy: float = param(
+        0.0,
+        "dense test accuracy (%, mean over dense seeds) a checkpoint must reach to enter claims C1-C3; "
+        "under-trained checkpoints below it are excluded and named in the record (0 = none excluded)",
+    )
 
 
 @dataclass(frozen=True)
@@ -205,6 +223,7 @@ class ThreeRegimeConfig:
     retrain: RetrainConfig = param(RetrainConfig(), "retraining with fixed masks")
     metrics: MetricsConfig = param(MetricsConfig(), "LMC and CKA between retrained pairs")
     regime: RegimeConfig = param(RegimeConfig(), "regime thresholds")
+    claims: ClaimsConfig = param(ClaimsConfig(), "claim preconditions (three_regime/claims.py)")
     grid: GridConfig = param(GridConfig(), "temperature x density grid")
     shard: ShardConfig = param(ShardConfig(), "parallelism")
 
@@ -223,37 +242,48 @@ def smoke() -> ThreeRegimeConfig:
         train=TrainConfig(epochs=6, batch_size=64, weight_decay=5e-4),
         retrain=RetrainConfig(seeds=(0, 1), epochs=3, batch_size=64, weight_decay=5e-4, test_error_last_epochs=1),
         metrics=MetricsConfig(lmc_points=5, cka_samples=500),
+        regime=RegimeConfig(mc_barrier=0.02, cka_split="column_max", cka_margin=0.01),
         grid=GridConfig(training_epochs=(2, 4, 6), densities=(5.0, 20.0, 50.0)),
         shard=ShardConfig(workers=1),
     )
 
 
 def mini() -> ThreeRegimeConfig:
-    """The default of ``make reproduce-three_regime``: the Fig. 2 phase diagrams with a BN-MLP on MNIST-1D.
+    """The default of ``make reproduce-three_regime``: a Fig. 2 analogue (BN-MLP, MNIST-1D) sized for the claims.
 
     Command: ``make reproduce-three_regime``. Hardware: 2-core CPU, two single-thread worker processes.
-    Time: about 10 min on an idle machine (measured ~14 s per cell on one thread: 3 retrains of 30 epochs,
-    3 LMC lines, 3 CKAs; 6 x 6 cells x 2 dense seeds over 2 workers); more when other jobs share the cores.
-    Targets: Fig. 2 (PreResNet-20 / CIFAR-10, temperature = training epochs) as a qualitative analogue: test
-    error, normalized test error, mc and CKA over 6 checkpoints x 6 densities. The schedule is the official
-    160-epoch one scaled by 3/8 (60 epochs, decays at 30/45; retraining 30 epochs, decays at 15/22), so the
-    first three checkpoints are hot (lr 0.1) and the last three cold, as around epoch 80 in the paper.
+    Time: about 13 min on an idle 2-core machine. This is an **estimate**, not a measurement of this preset:
+    the previous ``mini`` took 587 s for 415,740 SGD steps of batch 64 on 2 workers, ~2.8 ms per step per
+    worker with its LMC, CKA and evaluations included; this one has 4 dense runs of 15,000 steps and 32 cells
+    of 2 x 7,500 steps (540,000 steps, ~760 s on 2 workers) plus ~30 s of spawning, data generation and
+    figures. A 1-thread probe on a busy machine (times inflated ~3x by the other jobs) measured, in CPU time:
+    generating the 20,000 examples 21 s, dense training 3.0 s and retraining 1.9 s per epoch, one 11-point
+    LMC line 4.7 s, so training is ~95% of a cell.
+    Targets: Fig. 2 (PreResNet-20 / CIFAR-10, temperature = training epochs) as a qualitative analogue, and
+    the claims of three_regime/claims.py. Changes from the earlier 10-minute version (issue 12): 16,000
+    training examples instead of 4,000 (at 4x the data the low-density temperature effect in mc widened from
+    -0.135 to -0.235, epoch 20 vs 60, and the cold checkpoints' dense test error fell from ~23% to ~7%), 4 dense
+    seeds instead of 2 (replication halves of 2 + 2), 2 retraining seeds (one pair) per cell instead of 3, and
+    2 x 4 cells instead of 6 x 6 to pay for it: checkpoints 20 (hot: lr 0.1) and 60 (cold: after the decays at
+    epochs 30 and 45), two low densities (1, 2%) and two high ones (20, 50%), so every claim compares groups
+    of two densities. The 6 x 6 map with 3 retraining seeds (about 75 min here, estimate):
+    ``--set grid.training_epochs='(10,20,30,40,50,60)' --set grid.densities='(1.0,2.0,5.0,10.0,20.0,50.0)'
+    --set retrain.seeds='(0,1,2)'``. The schedule is the official 160-epoch one scaled by 3/8 (60 epochs,
+    decays at 30/45; retraining 30 epochs, decays at 15/22).
     """
     return ThreeRegimeConfig(
-        seeds=(0, 1),
-        data=DataConfig(dataset="mnist1d", num_samples=5000, seed=42),
+        seeds=(0, 1, 2, 3),
+        data=DataConfig(dataset="mnist1d", num_samples=20000, seed=42),
         model=ModelConfig(arch="mlp_bn", hidden_layers=4, hidden_width=256),
         train=TrainConfig(epochs=60, batch_size=64, lr=0.1, weight_decay=5e-4, lr_decay_at=(0.5, 0.75)),
         prune=PruneConfig(scope="uniform", prune_classifier=False),
         retrain=RetrainConfig(
-            seeds=(0, 1, 2), epochs=30, batch_size=64, lr=0.1, weight_decay=5e-4, lr_decay_at=(0.5, 0.75)
+            seeds=(0, 1), epochs=30, batch_size=64, lr=0.1, weight_decay=5e-4, lr_decay_at=(0.5, 0.75)
         ),
         metrics=MetricsConfig(lmc_points=11, lmc_samples=0, cka_features="softmax", cka_samples=1000),
-        grid=GridConfig(
-            temperature="training_epochs",
-            training_epochs=(10, 20, 30, 40, 50, 60),
-            densities=(1.0, 2.0, 5.0, 10.0, 20.0, 50.0),
-        ),
+        regime=RegimeConfig(mc_barrier=0.02, cka_split="column_max", cka_margin=0.01),
+        claims=ClaimsConfig(min_dense_accuracy=75.0),
+        grid=GridConfig(temperature="training_epochs", training_epochs=(20, 60), densities=(1.0, 2.0, 20.0, 50.0)),
         shard=ShardConfig(workers=2),
     )
 

@@ -249,18 +249,41 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run(fn, jobs: list[tuple], workers: int, desc: str) -> None:
-    if not jobs:
-        return
-    if workers <= 1:
-        for job in progress(jobs, desc=desc):
-            fn(*job)
-        return
+def _run_in_pool(
+    cfg: ThreeRegimeConfig, todo_dense: list[tuple], todo_cells: list[Cell], root: Path, device: str, workers: int
+) -> None:
+    """Dense runs and cells in one pool of ``workers`` single-thread processes.
+
+    A cell is submitted as soon as the dense run it prunes is in the cache, so cells of one seed start while
+    another seed's dense run still trains (no worker waits for the slowest dense run), and the workers are
+    spawned, and generate the data, once for both kinds of job.
+    """
+    waiting: dict[tuple, list[Cell]] = {}
+    ready: list[Cell] = []
+    for c in todo_cells:
+        run_id = dense_run_id(cfg, c)
+        (waiting.setdefault(run_id, []) if run_id in todo_dense else ready).append(c)
     ctx = multiprocessing.get_context("spawn")
+    bar = progress(total=len(todo_dense) + len(todo_cells), desc=f"dense runs and cells ({workers} workers)")
     with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(1,)) as pool:
-        pending = [pool.submit(fn, *job) for job in jobs]
-        for f in progress(futures.as_completed(pending), total=len(pending), desc=desc):
-            f.result()
+        pending = {pool.submit(dense_job, cfg, r, root, device): ("dense", r) for r in todo_dense}
+        pending.update({pool.submit(cell_job, cfg, c, root, device): ("cell", c) for c in ready})
+        try:
+            while pending:
+                done, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+                for f in sorted(done, key=lambda f: pending[f][0] != "dense"):
+                    kind, item = pending.pop(f)
+                    f.result()
+                    bar.update(1)
+                    if kind == "dense":
+                        for c in waiting.pop(item, []):
+                            pending[pool.submit(cell_job, cfg, c, root, device)] = ("cell", c)
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+        finally:
+            bar.close()
 
 
 def run_jobs(
@@ -273,8 +296,9 @@ def run_jobs(
 ) -> list[Cell]:
     """Compute the missing dense runs and cells of ``shard``; return the shard's cells. Finished jobs are skipped.
 
-    ``phase(name)`` (e.g. ``RunContext.phase``) times the stages: "data" (loading the data set, when the jobs run
-    in this process), "grid: dense runs" and "grid: cells".
+    ``phase(name)`` (e.g. ``RunContext.phase``) times the stages. In this process (``workers <= 1``): "data"
+    (loading the data set), "grid: dense runs", then "grid: cells". With worker processes the two kinds of
+    job overlap (:func:`_run_in_pool`), so their time is one phase, "grid: dense runs and cells (workers)".
     """
     phase = phase or (lambda name: contextlib.nullcontext())
     cells = shard_cells(grid_cells(cfg), *shard)
@@ -285,13 +309,19 @@ def run_jobs(
     start = time.perf_counter()
     log.info("shard %d/%d: %d cells (%d to compute), %d dense runs to compute, %d workers",
              *shard, len(cells), len(todo_cells), len(todo_dense), workers)  # fmt: skip
-    if workers <= 1 and (todo_dense or todo_cells):
-        with phase("data"):
-            _data(cfg, torch.device(device))  # what the first job would load; the in-process jobs reuse it
-    with phase("grid: dense runs"):
-        _run(dense_job, [(cfg, r, root, str(device)) for r in todo_dense], workers, "dense")
-    with phase("grid: cells"):
-        _run(cell_job, [(cfg, c, root, str(device)) for c in todo_cells], workers, "cells")
+    if workers > 1 and len(todo_dense) + len(todo_cells) > 1:
+        with phase("grid: dense runs and cells (workers)"):
+            _run_in_pool(cfg, todo_dense, todo_cells, root, str(device), workers)
+    else:
+        if todo_dense or todo_cells:
+            with phase("data"):
+                _data(cfg, torch.device(device))  # what the first job would load; the in-process jobs reuse it
+        with phase("grid: dense runs"):
+            for r in progress(todo_dense, desc="dense"):
+                dense_job(cfg, r, root, str(device))
+        with phase("grid: cells"):
+            for c in progress(todo_cells, desc="cells"):
+                cell_job(cfg, c, root, str(device))
     log.info("shard %d/%d done in %.1f s", *shard, time.perf_counter() - start)
     return cells
 

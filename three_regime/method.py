@@ -189,21 +189,28 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = False) -> floa
 def classify_regimes(mc: np.ndarray, cka: np.ndarray, cfg: RegimeConfig) -> np.ndarray:
     """Regime of every cell of a (temperature x density) grid of mean mc and mean CKA.
 
-    Regime I iff ``mc < -cfg.mc_barrier``. A connected cell is II-B iff its CKA is at least the median CKA
-    of the connected cells of its density column (``column_median``) or at least ``cfg.cka_threshold``
-    (``threshold``), else II-A.
+    Regime I iff ``mc < -cfg.mc_barrier``. A connected cell is II-A iff its CKA is more than ``cfg.cka_margin``
+    below a reference: the median CKA of the connected cells of its density column (``column_median``), their
+    maximum (``column_max``: II-A = clearly less similar than the column's most similar connected cell) or
+    ``cfg.cka_threshold`` (``threshold``); else II-B. With a margin, a column whose connected cells agree to
+    within it is all II-B, instead of being split in two by differences in the 4th decimal.
     """
     mc, cka = np.asarray(mc, dtype=float), np.asarray(cka, dtype=float)
     out = np.empty(mc.shape, dtype=object)
     barrier = mc < -cfg.mc_barrier
+    if cfg.cka_margin < 0:
+        raise ValueError(f"cka_margin must be >= 0, got {cfg.cka_margin}")
     for j in range(mc.shape[1]):
         connected = ~barrier[:, j]
         if cfg.cka_split == "column_median":
-            split = float(np.median(cka[connected, j])) if connected.any() else np.inf
+            reference = float(np.median(cka[connected, j])) if connected.any() else np.inf
+        elif cfg.cka_split == "column_max":
+            reference = float(np.max(cka[connected, j])) if connected.any() else np.inf
         elif cfg.cka_split == "threshold":
-            split = cfg.cka_threshold
+            reference = cfg.cka_threshold
         else:
             raise ValueError(f"unknown cka_split {cfg.cka_split!r}")
+        split = reference - cfg.cka_margin
         for i in range(mc.shape[0]):
             out[i, j] = REGIME_I if barrier[i, j] else (REGIME_IIB if cka[i, j] >= split else REGIME_IIA)
     return out

@@ -3,7 +3,7 @@
 Every preset runs the same pipeline (``grid.py``): dense training with checkpoints along the temperature
 axis, one-shot magnitude pruning to every density, retraining with the masks fixed and the lr rewound,
 then test error, LMC and CKA per cell; regimes from explicit thresholds (``RegimeConfig``); the case
-studies on the resulting grid; and claims whose verdicts are computed by the rules stated in their evidence.
+studies on the resulting grid. The claims are judged from the record by the rules of ``claims.py``.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import torch
 from common.cli import RunContext, default_report
 from common.data import DatasetNotFoundError
 from common.plotting import plt, savefig, style
-from common.results import NOT_REPRODUCED, NOT_TESTABLE, PARTLY, REPRODUCED, RunRecord, format_mean_std
+from common.results import RULES_MARKDOWN, RunRecord, format_mean_std
 from common.results import markdown_table as md_table
+from common.stats import paired_difference
 
-from . import grid, method
-from .config import RegimeConfig, ThreeRegimeConfig
+from . import claims, grid, method
+from .claims import CASE_METRIC, CASE_TABLES, RULES
+from .config import ThreeRegimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +35,6 @@ TEMPERATURE_LABEL = {
 LOAD_LABEL = "Load (Density (%))"
 DENSE_TABLE = "Dense models (temperature axis)"
 GRID_TABLE = "Fig. 2 analogue: every cell"
-CASE_TABLES = {
-    "direction": "Case study 1: which way to move the temperature",
-    "selection": "Case study 2: which dense model to prune",
-    "sam": "Case study 3: tuning SAM's rho",
-}
-RULES = ("regime rule", "baseline (dense accuracy)", "oracle")
-TIE_PP = 0.2
-"""Case studies: a rule is better / worse than the baseline when its mean test error differs by more than this (pp)."""
 
 
 def check_data(cfg: ThreeRegimeConfig) -> None:
@@ -124,7 +118,7 @@ def run(cfg: ThreeRegimeConfig, ctx: RunContext) -> RunRecord:
             cs = case_studies(cfg, agg)
         for name, per_seed in cs.items():
             for rule in RULES if per_seed else ():
-                record.add(CASE_TABLES[name], rule, "mean test error reached", [p[rule]["mean"] for p in per_seed],
+                record.add(CASE_TABLES[name], rule, CASE_METRIC, [p[rule]["mean"] for p in per_seed],
                            seeds=agg["seeds"], unit="%")  # fmt: skip
         mean = {k: agg[k].mean(axis=0) for k in ("test_error", "mc", "cka")}
         regimes = method.classify_regimes(mean["mc"], mean["cka"], cfg.regime)
@@ -143,126 +137,8 @@ def run(cfg: ThreeRegimeConfig, ctx: RunContext) -> RunRecord:
             "cells": len(results),
             "retrain_seeds": list(cfg.retrain.seeds),
         }
-        add_claims(record, cfg.regime)
+        claims.add_claims(record)
     return record
-
-
-# ----------------------------------------------------------------------------------------------------
-# Claims
-
-
-def _se(se: float) -> str:
-    return f"{se:.2f}" if np.isfinite(se) else "n/a (one value per half)"
-
-
-def _halves(n: int) -> tuple[slice, slice]:
-    h = n // 2
-    return slice(0, h), slice(n - h, n)
-
-
-def add_claims(record: RunRecord, regime_cfg: RegimeConfig) -> None:
-    x = record.extra
-    temps, dens = x["temps"], x["densities"]
-    te = np.asarray(x["per_seed"]["test_error"])  # [seed, T (hot first), D]
-    mc_seed, cka_seed = np.asarray(x["per_seed"]["mc"]), np.asarray(x["per_seed"]["cka"])
-    mc, cka = mc_seed.mean(0), cka_seed.mean(0)
-    lo, hi = int(np.argmin(dens)), int(np.argmax(dens))
-    hot, cold = _halves(len(temps))
-    eps = regime_cfg.mc_barrier
-    testable = len(temps) >= 2 and len(dens) >= 2
-    regimes = np.asarray(x["regimes"], dtype=object)
-    where_i = [f"({_label(temps[i])}, {_label(dens[j])}%)" for i, j in np.argwhere(regimes == method.REGIME_I)]
-
-    # C1: barriers at low density and low temperature.
-    d_part = mc[:, lo].mean() < -eps and mc[:, hi].mean() >= -eps
-    t_part = mc[cold, lo].mean() < min(mc[hot, lo].mean(), -eps)
-    verdict = REPRODUCED if d_part and t_part else PARTLY if (d_part or t_part) else NOT_REPRODUCED
-    record.claim(
-        "Regime I (an error barrier on the line between two retrainings, mc < 0) appears at low density and low "
-        "temperature",
-        paper_evidence="Fig. 1 (schematic), Fig. 2 LMC panel: mc << 0 only for density <= ~10 % and epochs >= ~90",
-        our_evidence=(
-            f"mean mc at density {_label(dens[lo])}%: {mc[:, lo].mean():.3f}, at {_label(dens[hi])}%: "
-            f"{mc[:, hi].mean():.3f}; at {_label(dens[lo])}%, colder half of the temperatures "
-            f"{mc[cold, lo].mean():.3f} "
-            f"vs hotter half {mc[hot, lo].mean():.3f}. Regime I cells (temperature, density): "
-            f"{', '.join(where_i) or 'none'}. Rule: density part = mc(lowest density) < -{eps} <= mc(highest); "
-            f"temperature part = at the lowest density, the colder half below -{eps} and below the hotter half; "
-            "both = reproduced, one = partly"
-        ),
-        verdict=verdict if testable else NOT_TESTABLE,
-    )
-
-    # C2: the dichotomy in test error.
-    def delta(j: int) -> tuple[float, float]:
-        a, b = te[:, hot, j].flatten(), te[:, cold, j].flatten()
-        if min(len(a), len(b)) < 2:  # no spread to compare with: never counted as beyond noise
-            return float(a.mean() - b.mean()), float("inf")
-        return float(a.mean() - b.mean()), float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
-
-    (d_lo, se_lo), (d_hi, se_hi) = delta(lo), delta(hi)
-    right_lo, right_hi = d_lo < 0, d_hi > 0
-    sig = int(right_lo and abs(d_lo) > 2 * se_lo) + int(right_hi and abs(d_hi) > 2 * se_hi)
-    verdict = REPRODUCED if sig == 2 else PARTLY if (right_lo and right_hi) or sig == 1 else NOT_REPRODUCED
-    best = te.mean(0).argmin(0)
-    record.claim(
-        "Dichotomy: at low density a hotter dense model prunes better, at high density it prunes worse",
-        paper_evidence="Abstract, Fig. 1; Fig. 2 (normalised test error): favourable I -> II-A by raising and "
-        "II-A -> II-B by lowering the temperature",
-        our_evidence=(
-            f"test error, hotter half minus colder half of the temperatures: {d_lo:+.2f} ± {_se(se_lo)} pp at density "
-            f"{_label(dens[lo])}%, {d_hi:+.2f} ± {_se(se_hi)} pp at {_label(dens[hi])}% (± = standard error over dense "
-            f"seeds and temperatures of the cell means); best temperature per density (low to high): "
-            f"{', '.join(_label(temps[b]) for b in best[np.argsort(dens)])}. Rule: both signs right (< 0 low, "
-            "> 0 high) and beyond 2 standard errors = reproduced; both signs right, or one right beyond 2 SE = partly"
-        ),
-        verdict=verdict if testable and len(temps) >= 2 else NOT_TESTABLE,
-    )
-
-    # C3: CKA rises with density.
-    rising = cka[:, hi].mean() > cka[:, lo].mean()
-    record.claim(
-        "Output similarity (CKA) of retrained pairs rises with density",
-        paper_evidence="Fig. 2 CKA panel (about 0.88-0.90 in the cold, 5 % corner, about 0.99 at 40-80 %)",
-        our_evidence=f"mean CKA at density {_label(dens[lo])}%: {cka[:, lo].mean():.3f}, at {_label(dens[hi])}%: "
-        f"{cka[:, hi].mean():.3f}. Rule: higher at the highest density = reproduced",
-        verdict=(REPRODUCED if rising else NOT_REPRODUCED) if testable else NOT_TESTABLE,
-    )
-
-    # C4: the regime rule picks better options than the baseline rule.
-    outcomes = {}
-    for name in ("direction", "selection"):
-        per_seed = x["case_studies"][name]
-        diff = float(np.mean([p["regime rule"]["mean"] - p["baseline (dense accuracy)"]["mean"] for p in per_seed]))
-        outcomes[name] = (diff, "better" if diff < -TIE_PP else "worse" if diff > TIE_PP else "tie")
-    n_better = sum(o == "better" for _, o in outcomes.values())
-    n_worse = sum(o == "worse" for _, o in outcomes.values())
-    verdict = REPRODUCED if n_better == 2 else PARTLY if n_better == 1 and n_worse == 0 else NOT_REPRODUCED
-    record.claim(
-        "The regime rule picks better options than the baseline rule (case studies 1 and 2)",
-        paper_evidence="Abstract; Sections on the case studies (their numbers could not be read, paper.py)",
-        our_evidence=(
-            "test error reached, regime rule minus baseline (best dense accuracy), mean over dense seeds: "
-            + "; ".join(f"case study {k} ({n}): {d:+.2f} pp, {o}" for k, (n, (d, o)) in
-                        zip((1, 2), outcomes.items(), strict=True))
-            + f". Rule: better/worse = more than {TIE_PP} pp; both better = reproduced, one better and none worse = "
-            "partly"
-        ),
-        verdict=verdict if testable else NOT_TESTABLE,
-    )  # fmt: skip
-    sam = x["case_studies"]["sam"]
-    if sam:
-        diff = float(np.mean([p["regime rule"]["mean"] - p["baseline (dense accuracy)"]["mean"] for p in sam]))
-        verdict = REPRODUCED if diff < -TIE_PP else NOT_REPRODUCED
-        evidence = f"test error reached, regime walk from the default rho minus baseline: {diff:+.2f} pp"
-    else:
-        verdict, evidence = NOT_TESTABLE, "this run's temperature is not SAM's rho (grid.temperature=sam_rho runs it)"
-    record.claim(
-        "Tuning SAM's rho with the regime rule improves pruning (case study 3)",
-        paper_evidence="Abstract; the SAM case study (numbers not read)",
-        our_evidence=evidence + (f". Rule: better by more than {TIE_PP} pp = reproduced" if sam else ""),
-        verdict=verdict,
-    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -353,9 +229,12 @@ def _case_table(record: RunRecord, name: str) -> str:
     x = record.extra
     per_seed = x["case_studies"][name]
     rows = []
+    values = {rule: [p[rule]["mean"] for p in per_seed] for rule in RULES}
     for rule in RULES:
-        values = [p[rule]["mean"] for p in per_seed]
-        rows.append((rule, format_mean_std(values), len(values)))
+        rows.append((rule, format_mean_std(values[rule]), len(values[rule])))
+    base = values[RULES[1]]
+    for rule in (RULES[0], RULES[2]):  # paired by dense seed: the interval of the difference, not of each mean
+        rows.append((f"{rule} - baseline (95% CI)", paired_difference(values[rule], base).text(2, "pp"), len(base)))
     return md_table(["rule", "test error reached (%), mean ± std over dense seeds", "n"], rows)
 
 
@@ -380,8 +259,11 @@ def report(record: RunRecord, out_dir: Path) -> str:
     plot_regime_map(record, figures / "regime_map.png")
     cfg = record.config
     rc = cfg["regime"]
-    split = ("the median CKA of the connected cells of its density column" if rc["cka_split"] == "column_median"
-             else f"CKA {rc['cka_threshold']}")  # fmt: skip
+    reference = {"column_median": "the median CKA of the connected cells of its density column",
+                 "column_max": "the highest CKA among the connected cells of its density column"}.get(
+        rc["cka_split"], f"CKA {rc['cka_threshold']}")  # fmt: skip
+    margin = rc.get("cka_margin", 0.0)
+    split = f"{reference} less {margin:g}" if margin else reference
     te = np.asarray(x["mean"]["test_error"])
     n_seeds, n_retrain = len(record.seeds), len(x["retrain_seeds"])
     parts = [
@@ -419,5 +301,6 @@ def report(record: RunRecord, out_dir: Path) -> str:
     if record.claims:
         from common.results import claims_table
 
-        parts.append("#### Claims\n\n" + claims_table(record.claims))
+        rules = f"\n\n{RULES_MARKDOWN}" if any(c.effect for c in record.claims) else ""
+        parts.append("#### Claims\n\n" + claims_table(record.claims) + rules)
     return "\n\n".join(parts) + "\n"

@@ -148,6 +148,10 @@ def train(
     log = TrainLog()
     if masks is not None:
         apply_masks(model, masks)
+    # the masks as multipliers of their parameters' dtype, made once (apply_masks converts them at every call);
+    # multiplying by 1.0 / 0.0 is what apply_masks does, so the result is the same bit for bit
+    by_name = dict(model.named_parameters())
+    multipliers = [] if masks is None else [(by_name[n], m.to(by_name[n].dtype)) for n, m in masks.items()]
     step = 0
     for epoch in range(1, epochs + 1):
         model.train()
@@ -175,8 +179,10 @@ def train(
                     for p, e in zip(params, eps, strict=True):
                         p.sub_(e)
             opt.step()
-            if masks is not None:
-                apply_masks(model, masks)
+            if multipliers:
+                with torch.no_grad():
+                    for p, m in multipliers:
+                        p.mul_(m)
             step += 1
         if epoch > epochs - eval_last_epochs:
             log.test_error[epoch] = error_rate(model, data.x_test, data.y_test)
