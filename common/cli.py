@@ -177,7 +177,7 @@ def report_all(
         record = load_record(paper_dir / preset)
         with claim_anchors(f"{paper}-{preset}"):
             body = report(record, paper_dir / preset)
-        write_record(record, paper_dir / preset, markdown=body)
+        write_record(record, paper_dir / preset, markdown=body, derived_only=True)  # the record stays as run
         if link_base is not None:
             body = rebase_links(body, paper_dir / preset, link_base)
         make_hint = f"make reproduce-{paper}" + ("" if preset == "mini" else f" PRESET={preset}")

@@ -320,11 +320,16 @@ def write_json_atomic(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, allow_nan=True) + "\n").encode())
 
 
-def write_record(record: RunRecord, out_dir: Path, markdown: str | None = None) -> Path:
-    """Write ``record.json``, ``results.csv`` and ``results.md`` (default rendering unless given)."""
+def write_record(record: RunRecord, out_dir: Path, markdown: str | None = None, derived_only: bool = False) -> Path:
+    """Write ``record.json``, ``results.csv`` and ``results.md`` (default rendering unless given).
+
+    ``derived_only``: leave ``record.json`` as it is (``report`` re-derives tables from a saved record and must
+    never change the record itself).
+    """
     out_dir = Path(out_dir)
     path = out_dir / RECORD_FILE
-    write_json_atomic(path, record.to_json())
+    if not derived_only:
+        write_json_atomic(path, record.to_json())
     atomic_write_bytes(out_dir / "results.csv", measurements_csv(record.measurements).encode())
     atomic_write_bytes(out_dir / "results.md", (markdown if markdown is not None else render_record(record)).encode())
     return path

@@ -37,6 +37,7 @@ def test_smoke_run_writes_a_valid_record(smoke_results):
     assert record.provenance["packages"]["torch"]
     cfg = config.smoke()
     n_masks = len(cfg.prune.mask_seeds) * len(cfg.seeds)
+    assert record.extra["regimes"] == ["text", "synthetic"]
     for key, label in reproduce.METHODS.items():
         for p in cfg.prune.rates:
             if key == "darex_q_optimised" and p not in cfg.prune.optimise_rates:
@@ -48,18 +49,22 @@ def test_smoke_run_writes_a_valid_record(smoke_results):
     assert {"standard", "large-delta"} <= set(record.extra["delta_statistics"])
     assert (out_dir / "figures" / "metric_vs_rate.png").is_file()
     assert (out_dir / "figures" / "rescaling_factor.png").is_file()
-    # Where the time went: every phase of run_text (plus the rest, "other"), non-negative, within the wall time.
+    # Where the time went: the run's phases (the jobs run in worker processes) plus the rest ("other"), within the
+    # wall time; inside the jobs, every phase of both regimes (summed over the jobs, so not bounded by the wall).
     phases = record.provenance["phases_s"]
-    assert set(phases) == {"data", "fine-tuning", "deltas and pruning", "q search", "evaluation", "storage",
-                           "Fig. 1 curve", "other"}  # fmt: skip
+    assert set(phases) == {"fine-tuning and pre-training", "pruning and evaluation", "record and claims", "other"}
     assert all(seconds >= 0 for seconds in phases.values())
     assert sum(phases.values()) <= record.provenance["wall_time_s"] + 0.05
+    assert set(record.extra["job_phases_s"]) == {"data", "fine-tuning", "pre-training", "deltas and pruning",
+                                                 "q search", "evaluation", "storage", "Fig. 1 curve"}  # fmt: skip
 
 
 def test_report_renders_the_readme_block(smoke_results, tmp_path):
     readme = tmp_path / "README.md"
     shutil.copy(REPO_ROOT / "darex" / "README.md", readme)
+    saved = (smoke_results / "darex" / "smoke" / "record.json").read_bytes()
     content = report_all("darex", smoke_results, reproduce.report, readme=readme)
+    assert (smoke_results / "darex" / "smoke" / "record.json").read_bytes() == saved  # report never edits a record
     block = read_block(readme.read_text(), "results")
     assert block == content.strip()
     assert "### Preset `smoke` (`make reproduce-darex PRESET=smoke`)" in block
@@ -71,11 +76,14 @@ def test_report_renders_the_readme_block(smoke_results, tmp_path):
 
 def test_rerun_uses_the_cache(smoke_results, tmp_path, monkeypatch):
     """A second run finds the trained models in the cache (an interrupted run resumes) and agrees."""
+    from darex import synthetic
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("the cached pre-trained/fine-tuned pair should have been reused")
 
+    monkeypatch.setenv("PRUNE_REPRO_WORKERS", "1")  # in this process, where the patches apply
     monkeypatch.setattr(reproduce, "finetune", must_not_train)
+    monkeypatch.setattr(synthetic, "train", must_not_train)
     assert run_cli("reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(tmp_path)) == 0
     first = load_record(smoke_results / "darex" / "smoke")
     second = load_record(tmp_path / "darex" / "smoke")
@@ -118,14 +126,17 @@ def test_synthetic_experiment(tmp_path):
     ]
     assert run_cli("reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(tmp_path), *args) == 0
     record = load_record(tmp_path / "darex" / "smoke")
-    from darex import synthetic
+    from darex.regimes import SYNTHETIC_DROPPED, reference_table
 
-    finetuned = record.get(synthetic.TABLE, "fine-tuned (unpruned)", "top-1 accuracy")
-    pretrained = record.get(synthetic.TABLE, "pre-trained (no delta)", "top-1 accuracy")
+    assert record.extra["regimes"] == ["synthetic"]
+    finetuned = record.get(reference_table("synthetic"), "fine-tuned (unpruned)", "accuracy")
+    pretrained = record.get(reference_table("synthetic"), SYNTHETIC_DROPPED, "accuracy")
     assert finetuned.mean > pretrained.mean, "fine-tuning learned the new task"
     assert (tmp_path / "darex" / "smoke" / "figures" / "accuracy_vs_rescaling.png").is_file()
+    assert {c.id for c in record.claims} == {f"C{i}-mlp" for i in range(1, 6)}
     phases = record.provenance["phases_s"]
-    assert set(phases) == {"pre-training and fine-tuning", "data", "evaluation", "deltas and pruning", "q search",
-                           "other"}  # fmt: skip
+    assert set(phases) == {"fine-tuning and pre-training", "pruning and evaluation", "record and claims", "other"}
     assert all(seconds >= 0 for seconds in phases.values())
     assert sum(phases.values()) <= record.provenance["wall_time_s"] + 0.05
+    assert set(record.extra["job_phases_s"]) == {"pre-training", "fine-tuning", "data", "evaluation",
+                                                 "deltas and pruning", "q search"}  # fmt: skip
