@@ -3,38 +3,65 @@
 Per seed (notes §5.4): train a baseline; from it, Network Slimming runs (global L1 on γ, one per λ); a mask per
 operating point from the Network Slimming model at ``mask_lambda`` (or a uniform mask); MaskSparsity runs from
 the baseline with the penalty on the masked γ only (one per mask); a control with the same epochs and no
-penalty. Every arm is pruned with the same mask (``prune.rule=mask``), measured right after pruning (raw,
-β folded, BN re-estimated), fine-tuned and measured again; FLOPs, params and the measured CPU speedup of the
-pruned model come from ``common``.
+penalty, and that control fine-tuned unpruned (the dense reference with the same total epochs). MaskSparsity,
+the control (and the directly pruned baseline) are pruned with MaskSparsity's mask; each Network Slimming run
+with a mask built from its own γ at the same FLOPs target (``prune.rule=mask``), or every arm thresholded on
+its own γ (``prune.rule=threshold``). Each pruned model is measured right after pruning (raw, β folded, BN
+re-estimated), fine-tuned and measured again (test and validation). FLOPs and params come from ``common``.
+
+Seeds are independent jobs: they run in single-thread worker processes (``common.parallel.map_jobs``), and
+the measured CPU speedups are timed afterwards in this process, with no worker running. The claims are judged
+from the record by :mod:`masksparsity.claims`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from common.cli import RunContext, default_report
 from common.config import to_dict
 from common.counting import count_params, model_cost
 from common.latency import compare_latency
+from common.parallel import default_workers, map_jobs
 from common.plotting import method_color, method_marker, plt, savefig, style
-from common.results import (
-    NOT_REPRODUCED,
-    NOT_TESTABLE,
-    PARTLY,
-    REPRODUCED,
-    RunRecord,
-    claims_table,
-    format_mean_std,
-    markdown_table,
-    paper_vs_ours_table,
-)
-from common.runtime import seed_everything
+from common.results import RunRecord, claims_table, markdown_table, paper_vs_ours_table
+from common.runtime import ArtifactCache, PhaseTimer, seed_everything
 
+from .claims import (
+    BASELINE,
+    CONTROL,
+    DENSE,
+    DENSE_REF,
+    FLOPS,
+    FOLD,
+    FT,
+    MASKED_SMALL,
+    MS,
+    PAPER_TABLE,
+    PARAMS,
+    PRE_TABLE,
+    RAW,
+    RECAL,
+    REF_TABLE,
+    SCRATCH,
+    SPEEDUP,
+    TEST_ACC,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    VAL_FT,
+    add_claims,
+    ms_pre_label,
+    ns_label,
+    op_table,
+)
 from .config import MaskSparsityConfig
 from .method import (
     MacModel,
@@ -56,42 +83,43 @@ from .models import build_model
 from .paper import PAPER_NUMBERS
 from .train import Data, calibration_batches, evaluate, train_phase
 
+__all__ = ["BASELINE", "CONTROL", "DENSE", "DENSE_REF", "MS", "PAPER_TABLE", "PRE_TABLE", "REF_TABLE", "SCRATCH",
+           "ns_label", "op_table", "report", "run", "run_seed"]  # fmt: skip
+
 log = logging.getLogger(__name__)
 
 TRAIN_FORMAT = 1
 """Bump when training code changes what it produces, so cached models are not reused."""
 
-PRE_TABLE = "Before pruning: the end of the sparsity phase (under-fitting)"
-PAPER_TABLE = "Operating points: the paper's abstract vs ours (different network and data)"
+OLD_COST_ROW = "every pruned arm (same mask)"
+"""Where records written before per-arm masks kept the FLOPs of every (identically) pruned arm."""
 
-
-def op_table(op: str) -> str:
-    return f"Pruned at {op}: accuracy right after pruning and after fine-tuning"
-
-
-def ns_label(lam: float) -> str:
-    return f"Network Slimming (λ={lam:g})"
-
-
-BASELINE = "Baseline, pruned directly"
-DENSE = "Baseline (dense, before any sparsity phase)"
-MS = "MaskSparsity"
-CONTROL = "No regularization (control)"
-SCRATCH = "Pruned architecture from scratch"
-
-
-def cost_row(rule: str) -> str:
-    return "every pruned arm (same mask)" if rule == "mask" else f"{MS}, pruned (each arm re-thresholded)"
+STAGES = (("raw", RAW), ("fold", FOLD), ("recal", RECAL), ("ft", FT), ("val_ft", VAL_FT))
+"""(key in a seed's results, metric) of each arm's accuracies in the operating-point tables."""
 
 
 # ----------------------------------------------------------------------------------------------------
 # Training with caching
 
 
+@dataclass
+class SeedContext:
+    """What one seed's job needs from the run: the cache, the device and its own phase timer (a worker process
+    cannot charge the main process's timer; its breakdown is returned and summed)."""
+
+    cache: ArtifactCache
+    device: torch.device
+    timer: PhaseTimer = field(default_factory=PhaseTimer)
+
+    def phase(self, name: str):
+        return self.timer.phase(name)
+
+
 class Runner:
-    def __init__(self, cfg: MaskSparsityConfig, ctx: RunContext, data: Data, seed: int):
+    def __init__(self, cfg: MaskSparsityConfig, ctx: SeedContext, data: Data, seed: int):
         self.cfg, self.ctx, self.data, self.seed = cfg, ctx, data, seed
         self.base_key = {"format": TRAIN_FORMAT, "data": to_dict(cfg.data), "model": to_dict(cfg.model), "seed": seed}
+        self._states: dict[str, dict] = {}
 
     def new_model(self) -> nn.Module:
         m = self.cfg.model
@@ -100,16 +128,20 @@ class Runner:
                            zero_init_last_bn=m.zero_init_last_bn).to(self.ctx.device)  # fmt: skip
 
     def trained(self, tag: str, key: dict, create, phase: str) -> nn.Module:
-        """The model ``create()`` trains, cached; training it or loading it from the cache is timed as ``phase``."""
+        """A fresh copy of the model ``create()`` trains, cached (on disk, and here for this seed); training it or
+        loading it is timed as ``phase``."""
 
         def make() -> dict:
             seed_everything(self.seed)
             return {k: v.cpu() for k, v in create().state_dict().items()}
 
+        full_key = {**self.base_key, **key}
+        name = f"{tag}:{json.dumps(full_key, sort_keys=True, default=str)}"
         with self.ctx.phase(phase):
-            state = self.ctx.cache.get_or_create(tag, {**self.base_key, **key}, make)
+            if name not in self._states:
+                self._states[name] = self.ctx.cache.get_or_create(tag, full_key, make)
             model = self.new_model()
-            model.load_state_dict(state)
+            model.load_state_dict(self._states[name])
         return model
 
     def baseline(self) -> nn.Module:
@@ -155,24 +187,44 @@ class Runner:
 
         return self.trained("control", self.sparsity_key(), create, "controls")
 
+    def dense_reference(self) -> nn.Module:
+        """The control, unpruned, trained for the fine-tuning epochs with the fine-tuning schedule and batch order:
+        the unpruned model with the same total epochs as every pruned arm."""
+
+        def create() -> nn.Module:
+            seed_everything(self.seed + 3)
+            return train_phase(self.control(), self.data, self.cfg.finetune, self.seed + 2, None, self.cfg.amp,
+                               "dense reference",
+                               where=f"masksparsity dense reference, seed {self.seed}")  # fmt: skip
+
+        key = {**self.sparsity_key(), "finetune": to_dict(self.cfg.finetune)}
+        return self.trained("dense_reference", key, create, "controls")
+
 
 # ----------------------------------------------------------------------------------------------------
 # One seed
 
 
-def _masks(cfg: MaskSparsityConfig, runner: Runner, spec: PruneSpec, cost: MacModel) -> dict[str, Mask]:
-    """{operating-point label: mask}."""
-    sp, pr = cfg.sparsity, cfg.prune
-    source = runner.baseline() if sp.mask_source == "uniform" else runner.slimming(sp.mask_lambda, spec)
+def _op_labels(cfg: MaskSparsityConfig) -> list[str]:
+    sp = cfg.sparsity
     if sp.mask_rule == "threshold":
-        if sp.mask_source == "uniform":
+        return [f"|γ| <= {sp.mask_threshold:g}"]
+    return [f"{100 * r:.0f}% FLOPs ↓" for r in sp.flops_reductions]
+
+
+def _masks(cfg: MaskSparsityConfig, source: nn.Module, spec: PruneSpec, cost: MacModel, uniform: bool) -> dict:
+    """{operating-point label: mask} from ``source``'s γ: the globally smallest |γ| at each FLOPs target (or
+    |γ| <= mask_threshold), or with ``uniform`` the same keep fraction in every unit."""
+    sp, pr = cfg.sparsity, cfg.prune
+    labels = _op_labels(cfg)
+    if sp.mask_rule == "threshold":
+        if uniform:
             raise ValueError("mask_source=uniform needs mask_rule=flops_target")
-        return {f"|γ| <= {sp.mask_threshold:g}": threshold_mask(source, spec, sp.mask_threshold, pr.min_channels)}
+        return {labels[0]: threshold_mask(source, spec, sp.mask_threshold, pr.min_channels)}
     masks = {}
     dense = cost.macs(full_mask(source, spec))
-    for r in sp.flops_reductions:
-        label = f"{100 * r:.0f}% FLOPs ↓"
-        if sp.mask_source == "uniform":
+    for label, r in zip(labels, sp.flops_reductions, strict=True):
+        if uniform:
             lo, hi = 0.0, 1.0
             for _ in range(30):  # largest keep fraction that reaches the target
                 mid = (lo + hi) / 2
@@ -188,111 +240,152 @@ def _masks(cfg: MaskSparsityConfig, runner: Runner, spec: PruneSpec, cost: MacMo
 
 def _pre_metrics(model: nn.Module, data: Data) -> dict[str, float]:
     train_loss, train_acc = evaluate(model, data, "train_eval")
-    _, test_acc = evaluate(model, data, "test")
+    _, test_acc = evaluate(model, data, "test_quick")
     return {"train_loss": train_loss, "train_acc": train_acc, "test_acc": test_acc}
 
 
-def run_seed(cfg: MaskSparsityConfig, ctx: RunContext, data: Data, seed: int) -> dict:
+def run_seed(cfg: MaskSparsityConfig, ctx: SeedContext, data: Data, seed: int) -> tuple[dict, dict[str, nn.Module]]:
+    """Every arm of one seed: (its measurements, the models the caller times: ``"dense"``, the baseline, and
+    {operating point: MaskSparsity pruned and fine-tuned})."""
     runner = Runner(cfg, ctx, data, seed)
-    sp, pr = cfg.sparsity, cfg.prune
+    sp, pr, arms_cfg = cfg.sparsity, cfg.prune, cfg.arms
     base = runner.baseline()
-    with ctx.phase("pruning"):  # the masks (the Network Slimming run they come from is timed as its training)
+    with ctx.phase("pruning"):  # the masks (the Network Slimming runs they come from are timed as training)
         spec = prune_spec(base, residual_groups=pr.residual_groups)
         cost = MacModel(base, spec, data.example())
         dense_cost = model_cost(base.eval(), data.example())
-        masks = _masks(cfg, runner, spec, cost)
+    lambdas = list(sp.slimming_lambdas) if arms_cfg.network_slimming else []
+    slimmed = {lam: runner.slimming(lam, spec) for lam in lambdas}
+    needs_mask_run = sp.mask_source == "slimming" or sp.start_from == "slimming"
+    if needs_mask_run and sp.mask_lambda not in slimmed:
+        slimmed[sp.mask_lambda] = runner.slimming(sp.mask_lambda, spec)
+    with ctx.phase("pruning"):
+        uniform = sp.mask_source == "uniform"
+        masks = _masks(cfg, base if uniform else slimmed[sp.mask_lambda], spec, cost, uniform)
+        own = {lam: _masks(cfg, slimmed[lam], spec, cost, uniform=False) for lam in lambdas}  # NS's own rule
+    control = runner.control() if arms_cfg.no_regularization else None
 
-    arms: dict[str, dict[str, nn.Module]] = {op: {} for op in masks}  # op -> label -> trained (unpruned) model
-    shared: dict[str, nn.Module] = {BASELINE: base}
-    if cfg.arms.network_slimming:
-        for lam in sp.slimming_lambdas:
-            shared[ns_label(lam)] = runner.slimming(lam, spec)
-    if cfg.arms.no_regularization:
-        shared[CONTROL] = runner.control()
+    pre_models: dict[str, nn.Module] = {DENSE: base, **{ns_label(lam): slimmed[lam] for lam in lambdas}}
+    if control is not None:
+        pre_models[CONTROL] = control
+    arms: dict[str, dict[str, tuple[nn.Module, Mask]]] = {}  # op -> label -> (trained unpruned model, its mask)
     for op, mask in masks.items():
-        if cfg.arms.direct_prune:
-            arms[op][BASELINE] = base
-        arms[op].update({k: v for k, v in shared.items() if k != BASELINE})
-        if cfg.arms.masksparsity:
+        arms[op] = {}
+        if arms_cfg.direct_prune:
+            arms[op][BASELINE] = (base, mask)
+        for lam in lambdas:
+            arms[op][ns_label(lam)] = (slimmed[lam], own[lam][op])
+        if control is not None:
+            arms[op][CONTROL] = (control, mask)
+        if arms_cfg.masksparsity:
             start, start_key = (base, "baseline") if sp.start_from == "baseline" else (
-                runner.slimming(sp.mask_lambda, spec), f"slimming {sp.mask_lambda}")  # fmt: skip
-            arms[op][MS] = runner.masksparsity(spec, mask, start, start_key)
+                slimmed[sp.mask_lambda], f"slimming {sp.mask_lambda}")  # fmt: skip
+            arms[op][MS] = (runner.masksparsity(spec, mask, start, start_key), mask)
+            pre_models[ms_pre_label(op)] = arms[op][MS][0]
 
-    out: dict = {"pre": {}, "gamma": {}, "post": {}, "cost": {}, "speedup": {}, "masks": {}}
+    out: dict = {"pre": {}, "gamma": {}, "post": {}, "ref": {}, "masks": {}}
     with ctx.phase("evaluation"):
-        out["pre"][DENSE] = _pre_metrics(base, data)
-        for label, model in shared.items():
-            out["pre"].setdefault(label, _pre_metrics(model, data))
+        for label, model in pre_models.items():
+            out["pre"][label] = _pre_metrics(model, data)
+    if arms_cfg.dense_reference and control is not None:
+        reference = runner.dense_reference()
+        with ctx.phase("evaluation"):
+            out["ref"][DENSE_REF] = {"ft": evaluate(reference, data, "test")[1]}
+    op0 = next(iter(masks))
+    gamma_models = {k: v for k, v in pre_models.items() if not k.startswith(MS)}
+    if MS in arms[op0]:
+        gamma_models[MS] = arms[op0][MS][0]
+    with ctx.phase("evaluation"):  # |γ| of kept and masked channels under MaskSparsity's first mask
+        for label, model in gamma_models.items():
+            out["gamma"][label] = {**gamma_summary(model, spec, masks[op0], pr.threshold),
+                                   "values": gamma_values(model, spec, masks[op0])}  # fmt: skip
+    tuned_ms: dict[str, nn.Module] = {}
     for op, mask in masks.items():
         out["masks"][op] = {k: int(v.sum()) for k, v in mask.items()}
-        out["gamma"][op] = {}
-        with ctx.phase("evaluation"):
-            for label, model in {DENSE: base, **{k: v for k, v in arms[op].items() if k != BASELINE}}.items():
-                if label == MS:
-                    out["pre"][f"{MS} ({op})"] = _pre_metrics(model, data)
-                out["gamma"][op][label] = {**gamma_summary(model, spec, mask, pr.threshold),
-                                           "values": gamma_values(model, spec, mask)}  # fmt: skip
         out["post"][op] = {}
-        for label, model in arms[op].items():
-            out["post"][op][label] = _prune_and_finetune(cfg, runner, spec, mask, model, label, op, dense_cost)
-        if cfg.arms.scratch and MS in out["post"][op]:
+        for label, (model, arm_mask) in arms[op].items():
+            res, tuned = _prune_and_finetune(cfg, runner, spec, arm_mask, model, label, op, dense_cost)
+            out["post"][op][label] = res
+            if label == MS:
+                tuned_ms[op] = tuned.cpu().eval()
+        if arms_cfg.scratch and MS in out["post"][op]:
             with ctx.phase("controls"):
                 out["post"][op][SCRATCH] = _scratch(cfg, runner, spec, mask, dense_cost, op)
-        pruned = out["post"][op].get(MS) or next(iter(out["post"][op].values()))
-        out["cost"][op] = {"flops_reduction": pruned["flops_reduction"], "params_reduction": pruned["params_reduction"]}
-    return out
+    return out, {"dense": base.cpu().eval(), **tuned_ms}
 
 
-def _prune_and_finetune(cfg, runner: Runner, spec, mask, model, label, op, dense_cost) -> dict[str, float]:
+def _prune_and_finetune(cfg, runner: Runner, spec, mask, model, label, op, dense_cost) -> tuple[dict, nn.Module]:
     pr, data, phase = cfg.prune, runner.data, runner.ctx.phase
     res: dict[str, float] = {}
     with phase("pruning"):  # incl. BN re-estimation; the accuracy right after pruning is timed as evaluation
         arm_mask = mask if pr.rule == "mask" else threshold_mask(model, spec, pr.threshold, pr.min_channels)
+        res["masked_small"] = 100 * gamma_summary(model, spec, arm_mask, pr.threshold)["masked_below_small"]
         raw = prune(model, spec, arm_mask)
         with phase("evaluation"):
-            res["raw"] = evaluate(raw, data)[1]
+            res["raw"] = evaluate(raw, data, "test_quick")[1]
         if pr.fold_beta:
             folded = prune(model, spec, arm_mask, fold_beta=True)
             with phase("evaluation"):
-                res["fold"] = evaluate(folded, data)[1]
+                res["fold"] = evaluate(folded, data, "test_quick")[1]
         if pr.bn_recalibration_images:
             recal = prune(model, spec, arm_mask)
             recalibrate_bn(recal, calibration_batches(data, pr.bn_recalibration_images, runner.seed + 7))
             with phase("evaluation"):
-                res["recal"] = evaluate(recal, data)[1]
+                res["recal"] = evaluate(recal, data, "test_quick")[1]
     with phase("fine-tuning"):
         seed_everything(runner.seed + 3)
         where = f"masksparsity fine-tune of the pruned {label} ({op}), seed {runner.seed}"
         tuned = train_phase(raw, data, cfg.finetune, runner.seed + 2, None, cfg.amp, f"finetune {label}", where=where)
     with phase("evaluation"):
-        res["train_acc_ft"] = evaluate(tuned, data, "train_eval")[1]
-        res["ft"] = evaluate(tuned, data)[1]
+        res["ft"] = evaluate(tuned, data, "test")[1]
+        if data.has("val"):
+            res["val_ft"] = evaluate(tuned, data, "val")[1]
         pruned_cost = model_cost(tuned.eval(), data.example())
         res["flops_reduction"] = 100 * (1 - pruned_cost.flops / dense_cost.flops)
         res["params_reduction"] = 100 * (1 - pruned_cost.params / dense_cost.params)
         res["params"] = count_params(tuned)
-    if label == MS:
-        example = data.example(pr.latency_batch).normal_()
-        dense = runner.baseline().eval()
-        with phase("timing measurements"):
-            res["speedup"] = compare_latency(dense, tuned.eval(), example, rounds=pr.latency_rounds).speedup
-    return res
+    return res, tuned
 
 
 def _scratch(cfg, runner: Runner, spec, mask, dense_cost, op) -> dict[str, float]:
     """The official scratch.sh ablation: the pruned architecture, re-initialised, trained with the baseline's
-    schedule plus the fine-tuning epochs."""
+    schedule for the total epochs of the other arms (baseline + sparsity phase + fine-tuning)."""
     seed_everything(runner.seed + 5)
     model = prune(runner.new_model(), spec, mask)
-    schedule = dataclasses.replace(cfg.train, epochs=cfg.train.epochs + cfg.finetune.epochs)
+    epochs = cfg.train.epochs + cfg.sparsity.schedule.epochs + cfg.finetune.epochs
+    schedule = dataclasses.replace(cfg.train, epochs=epochs)
     tuned = train_phase(model, runner.data, schedule, runner.seed + 4, None, cfg.amp, "scratch",
                         where=f"masksparsity scratch training ({op}), seed {runner.seed}")  # fmt: skip
     with runner.ctx.phase("evaluation"):
         pruned_cost = model_cost(tuned.eval(), runner.data.example())
-        return {"ft": evaluate(tuned, runner.data)[1],
-                "train_acc_ft": evaluate(tuned, runner.data, "train_eval")[1],
-                "flops_reduction": 100 * (1 - pruned_cost.flops / dense_cost.flops),
-                "params_reduction": 100 * (1 - pruned_cost.params / dense_cost.params)}  # fmt: skip
+        res = {"ft": evaluate(tuned, runner.data)[1],
+               "flops_reduction": 100 * (1 - pruned_cost.flops / dense_cost.flops),
+               "params_reduction": 100 * (1 - pruned_cost.params / dense_cost.params)}  # fmt: skip
+        if runner.data.has("val"):
+            res["val_ft"] = evaluate(tuned, runner.data, "val")[1]
+        return res
+
+
+_DATA: dict[str, Data] = {}
+
+
+def _data(cfg: MaskSparsityConfig, device: torch.device) -> Data:
+    """The dataset, loaded once per process (each worker process serves several seeds)."""
+    key = json.dumps([to_dict(cfg.data), str(device)], sort_keys=True)
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = Data(cfg.data, device)
+    return _DATA[key]
+
+
+def seed_job(cfg: MaskSparsityConfig, seed: int, cache: ArtifactCache, device: str) -> dict:
+    """One seed end to end, in a worker process or here: its measurements, its time by phase, and the
+    MaskSparsity models to time (the caller times them once no worker runs)."""
+    ctx = SeedContext(cache, torch.device(device))
+    with ctx.phase("data"):
+        data = _data(cfg, ctx.device)
+    out, models = run_seed(cfg, ctx, data, seed)
+    return {"seed": seed, "results": out, "phases_s": ctx.timer.breakdown(), "models": models}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -301,13 +394,35 @@ def _scratch(cfg, runner: Runner, spec, mask, dense_cost, op) -> dict[str, float
 
 def run(cfg: MaskSparsityConfig, ctx: RunContext) -> RunRecord:
     with ctx.phase("data"):
-        data = Data(cfg.data, ctx.device)
+        data = _data(cfg, ctx.device)
     record = ctx.new_record()
-    per_seed = []
-    for seed in cfg.seeds:
-        log.info("seed %d", seed)
-        per_seed.append(run_seed(cfg, ctx, data, seed))
     seeds = list(cfg.seeds)
+    workers = min(default_workers(), len(seeds)) if ctx.device.type == "cpu" else 1
+    jobs = [(cfg, seed, ctx.cache, str(ctx.device)) for seed in seeds]
+    with ctx.phase("seed runs"):  # in the workers: their own breakdown is summed into seed_phases_s
+        done = map_jobs(seed_job, jobs, workers=workers, desc="masksparsity seeds")
+    per_seed = [d["results"] for d in done]
+    with ctx.phase("timing measurements"):  # here, alone: no worker process runs any more
+        for d, res in zip(done, per_seed, strict=True):
+            dense = d["models"].pop("dense").to(ctx.device)
+            for op, tuned in d["models"].items():
+                example = data.example(cfg.prune.latency_batch).normal_()
+                cmp = compare_latency(dense, tuned.to(ctx.device), example,
+                                      rounds=cfg.prune.latency_rounds)  # fmt: skip
+                res["post"][op][MS]["speedup"] = cmp.speedup
+    worker_phases: dict[str, float] = {}
+    for d in done:
+        for name, sec in d["phases_s"].items():
+            worker_phases[name] = round(worker_phases.get(name, 0.0) + sec, 2)
+    record.provenance.update(workers=workers, threads_per_worker=1 if workers > 1 else ctx.threads,
+                             seed_phases_s=worker_phases)  # fmt: skip
+    _fill_record(record, cfg, ctx, data, per_seed)
+    add_claims(record)
+    return record
+
+
+def _fill_record(record: RunRecord, cfg: MaskSparsityConfig, ctx: RunContext, data: Data, per_seed: list[dict]) -> None:
+    seeds = record.seeds
 
     def add(table, setting, metric, key_fn, **kw):
         values = [key_fn(s) for s in per_seed]
@@ -318,65 +433,55 @@ def run(cfg: MaskSparsityConfig, ctx: RunContext) -> RunRecord:
     first = per_seed[0]
     ops = list(first["post"])
     for label in first["pre"]:
-        for metric, key, unit in (("train accuracy", "train_acc", "%"), ("train loss", "train_loss", ""),
-                                  ("test accuracy", "test_acc", "%")):  # fmt: skip
+        for metric, key, unit, digits in ((TRAIN_ACC, "train_acc", "%", 2), (TRAIN_LOSS, "train_loss", "", 3),
+                                          (TEST_ACC, "test_acc", "%", 2)):  # fmt: skip
             add(PRE_TABLE, label, metric, lambda s, label=label, key=key: s["pre"][label][key], unit=unit,
-                digits=3 if key == "train_loss" else 2)  # fmt: skip
+                digits=digits)  # fmt: skip
     op0 = ops[0]
-    for label in first["gamma"][op0]:
-        setting = f"{MS} ({op0})" if label == MS else label
+    for label in first["gamma"]:
+        setting = ms_pre_label(op0) if label == MS else label
         for metric, key, scale, unit, digits in (
             ("mean |γ| of kept channels", "kept_mean_abs_gamma", 1, "", 4),
             ("mean |γ| of masked channels", "masked_mean_abs_gamma", 1, "", 4),
             (f"masked γ below {cfg.prune.threshold:g}", "masked_below_small", 100, "%", 1),
         ):
             add(PRE_TABLE, setting, f"{metric} (mask {op0})",
-                lambda s, label=label, key=key, scale=scale: scale * s["gamma"][op0][label][key],
+                lambda s, label=label, key=key, scale=scale: scale * s["gamma"][label][key],
                 unit=unit, digits=digits)  # fmt: skip
-    stages = (("raw", "test accuracy right after pruning, raw"), ("fold", "… with relu(β) folded"),
-              ("recal", "… with BN statistics re-estimated"), ("ft", "test accuracy after fine-tuning"),
-              ("train_acc_ft", "train accuracy after fine-tuning"))  # fmt: skip
     for op in ops:
+        table = op_table(op)
         for label in first["post"][op]:
-            for key, metric in stages:
-                if key in first["post"][op][label]:
-                    add(op_table(op), label, metric, lambda s, op=op, label=label, key=key: s["post"][op][label][key],
-                        unit="%")  # fmt: skip
-        add(
-            op_table(op),
-            cost_row(cfg.prune.rule),
-            "FLOPs (MACs) reduction",
-            lambda s, op=op: s["cost"][op]["flops_reduction"],
-            unit="%",
-        )
-        add(
-            op_table(op),
-            cost_row(cfg.prune.rule),
-            "params reduction",
-            lambda s, op=op: s["cost"][op]["params_reduction"],
-            unit="%",
-        )
+            get = lambda key, op=op, label=label: lambda s: s["post"][op][label].get(key)  # noqa: E731
+            for key, metric in STAGES:
+                add(table, label, metric, get(key), unit="%")
+            add(table, label, MASKED_SMALL, get("masked_small"), unit="%", digits=1)
+            add(table, label, FLOPS, get("flops_reduction"), unit="%")
+            add(table, label, PARAMS, get("params_reduction"), unit="%")
         if MS in first["post"][op]:
-            add(op_table(op), f"{MS}, fine-tuned", f"measured CPU speedup over dense (batch "
-                f"{cfg.prune.latency_batch}, {ctx.threads} threads)", lambda s, op=op: s["post"][op][MS]["speedup"],
-                unit="x")  # fmt: skip
+            add(table, MS, f"{SPEEDUP} (batch {cfg.prune.latency_batch}, {ctx.threads} threads, timed in the main "
+                "process with no worker running)", lambda s, op=op: s["post"][op][MS]["speedup"], unit="x")  # fmt: skip
+    for label in first["ref"]:
+        add(REF_TABLE, label, FT, lambda s, label=label: s["ref"][label]["ft"], unit="%")
     _paper_table(record, per_seed, ops)
+    split_sizes = {name: len(data.splits[name].y) for name in data.splits} if not data.loaders else {
+        name: len(ds) for name, ds in data.loaders.items()}  # fmt: skip
     record.extra = {
         "ops": ops,
         "arms": list(first["post"][op0]),
         "mask_kept_channels": [s["masks"] for s in per_seed],
         "gamma_values": {label: {k: [round(v, 6) for v in vals] for k, vals in zip(
-            ("kept", "masked"), g["values"], strict=True)} for label, g in first["gamma"][op0].items()},
+            ("kept", "masked"), g["values"], strict=True)} for label, g in first["gamma"].items()},
         "gamma_op": op0,
         "image_size": data.image_size,
         "n_train": data.n_train(),
+        "split_sizes": split_sizes,
     }  # fmt: skip
-    _claims(record, cfg, ops)
-    return record
 
 
 def _paper_table(record: RunRecord, per_seed: list[dict], ops: list[str]) -> None:
     seeds = record.seeds
+    if MS not in per_seed[0]["post"][ops[0]]:
+        return
     numbers = {(p.setting, p.metric): p for p in PAPER_NUMBERS}
     rows = (("ResNet-110 / CIFAR-10", "FLOPs reduction", "flops_reduction", 0.6303),
             ("ResNet-110 / CIFAR-10", "params reduction", "params_reduction", 0.6303),
@@ -385,8 +490,8 @@ def _paper_table(record: RunRecord, per_seed: list[dict], ops: list[str]) -> Non
     for setting, metric, key, target in rows:
         paper = numbers[(setting, metric)]
         # our operating point closest to the paper's FLOPs reduction
-        op = min(ops, key=lambda o: abs(per_seed[0]["cost"][o]["flops_reduction"] / 100 - target))
-        record.add(PAPER_TABLE, f"{setting} → ours at {op}", metric, [s["cost"][op][key] for s in per_seed],
+        op = min(ops, key=lambda o: abs(per_seed[0]["post"][o][MS]["flops_reduction"] / 100 - target))
+        record.add(PAPER_TABLE, f"{setting} → ours at {op}", metric, [s["post"][op][MS][key] for s in per_seed],
                    seeds=seeds, unit="%", paper=paper.value, paper_source="abstract")  # fmt: skip
 
 
@@ -395,106 +500,6 @@ def _get(record: RunRecord, table: str, setting: str, metric: str):
         return record.get(table, setting, metric)
     except KeyError:
         return None
-
-
-def _margin(*ms) -> float:
-    return max(1.0, 2 * max(m.std for m in ms))
-
-
-def _claims(record: RunRecord, cfg: MaskSparsityConfig, ops: list[str]) -> None:
-    fmt = lambda m: format_mean_std(m.values) if m else "n/a"  # noqa: E731
-    lam = cfg.sparsity.mask_lambda
-    trained = _get(record, PRE_TABLE, CONTROL, "train accuracy")
-    base_test = _get(record, PRE_TABLE, DENSE, "test accuracy")
-    # the model must have learnt something before any claim about pruning it means anything
-    learnt = base_test is not None and base_test.mean > 100 / 10 + 20
-    note = "" if learnt else "; the baseline is near chance here, so nothing is testable"
-
-    def testable(v: str) -> str:
-        return v if learnt else NOT_TESTABLE
-
-    # C1: the penalty on kept channels causes under-fitting.
-    ns = _get(record, PRE_TABLE, ns_label(lam), "train accuracy")
-    ms = [m for op in ops if (m := _get(record, PRE_TABLE, f"{MS} ({op})", "train accuracy"))]
-    every_ns = [(lam_, m) for lam_ in cfg.sparsity.slimming_lambdas
-                if (m := _get(record, PRE_TABLE, ns_label(lam_), "train accuracy"))]  # fmt: skip
-    if trained and ns and ms:
-        margin = _margin(trained, ns, *ms)
-        ns_under = trained.mean - ns.mean > margin
-        ms_fine = all(trained.mean - m.mean <= margin for m in ms)
-        record.claim(
-            "Regularising the channels that are kept makes the network under-fit; MaskSparsity does not",
-            paper_evidence="§1/§3: global sparsity training shrinks the kept γ and raises the training loss (the "
-            "paper's figures; numbers not read)",
-            our_evidence=f"train accuracy at the end of the sparsity phase: control {fmt(trained)}, Network Slimming "
-            f"(λ={lam:g}, the λ of MaskSparsity) {fmt(ns)}, MaskSparsity {', '.join(fmt(m) for m in ms)} "
-            f"({', '.join(ops)}); Network Slimming at every λ: "
-            f"{', '.join(f'λ={lam_:g} {fmt(m)}' for lam_, m in every_ns)}. Rule: under-fits = below the control by "
-            f"> max(1, 2 std) points{note}",
-            verdict=testable(REPRODUCED if ns_under and ms_fine else PARTLY if ns_under or ms_fine else NOT_REPRODUCED),
-        )  # fmt: skip
-    for op in ops:
-        t = op_table(op)
-        ms_pre = _get(record, PRE_TABLE, f"{MS} ({op})", "test accuracy")
-        ctl_pre = _get(record, PRE_TABLE, CONTROL, "test accuracy")
-        # C2: less accuracy lost right after pruning.
-        for key, name in (("test accuracy right after pruning, raw", "raw"),
-                          ("… with BN statistics re-estimated", "BN re-estimated")):  # fmt: skip
-            ms_post, ctl_post = _get(record, t, MS, key), _get(record, t, CONTROL, key)
-            ns_posts = [m for lam_ in cfg.sparsity.slimming_lambdas if (m := _get(record, t, ns_label(lam_), key))]
-            if not (ms_post and ctl_post and ms_pre and ctl_pre and ns_posts):
-                continue
-            ms_drop, ctl_drop = ms_pre.mean - ms_post.mean, ctl_pre.mean - ctl_post.mean
-            best_ns = max(ns_posts, key=lambda m: m.mean)
-            margin = _margin(ms_post, ctl_post, best_ns)
-            smaller = ctl_drop - ms_drop > margin
-            not_worse = ms_post.mean >= best_ns.mean - margin
-            record.claim(
-                f"MaskSparsity loses less accuracy right after pruning ({op}, {name})",
-                paper_evidence="§1/§4: the masked γ are ≈ 0, so removing them barely changes the function "
-                "(numbers not read)",
-                our_evidence=f"drop from the unpruned model: MaskSparsity {ms_drop:.1f} points (after pruning "
-                f"{fmt(ms_post)}), control {ctl_drop:.1f} ({fmt(ctl_post)}); best Network Slimming after pruning "
-                f"{fmt(best_ns)} ({best_ns.setting}). Rule: smaller drop than the control by > max(1, 2 std) and "
-                f"absolute accuracy not below Network Slimming's best by more than that{note}",
-                verdict=testable(REPRODUCED if smaller and not_worse else PARTLY if smaller or not_worse
-                                 else NOT_REPRODUCED),
-            )  # fmt: skip
-        # C3: matches or beats global sparsity at the same FLOPs.
-        key = "test accuracy after fine-tuning"
-        ms_ft = _get(record, t, MS, key)
-        ns_fts = [m for lam_ in cfg.sparsity.slimming_lambdas if (m := _get(record, t, ns_label(lam_), key))]
-        if ms_ft and ns_fts:
-            best = max(ns_fts, key=lambda m: m.mean)
-            margin = _margin(ms_ft, best)
-            gap = ms_ft.mean - best.mean
-            ctl_ft = _get(record, t, CONTROL, key)
-            ctl_text = f"; the unregularised control pruned with the same mask {fmt(ctl_ft)}" if ctl_ft else ""
-            record.claim(
-                f"At the same FLOPs, MaskSparsity matches or beats global sparsity (Network Slimming), {op}",
-                paper_evidence="Tables (ResNet-56/110, ResNet-50) vs sparsity-training methods (numbers not read)",
-                our_evidence=f"after fine-tuning, same mask: MaskSparsity {fmt(ms_ft)}, best Network Slimming "
-                f"{fmt(best)} ({best.setting}, λ picked on the test set, which favours it); gap {gap:+.2f}{ctl_text}. "
-                "Rule: "
-                f"matches = gap >= −max(1, 2 std); beats = gap > max(1, 2 std){note}",
-                verdict=testable(REPRODUCED if gap >= -margin else NOT_REPRODUCED),
-            )  # fmt: skip
-        # C4 (abstract): no accuracy loss vs the unpruned model at ~63% FLOPs (ResNet-110). Our baseline is far
-        # from converged, so the fair unpruned reference is the dense control trained for the same epochs.
-        if ms_ft and base_test and "63%" in op:
-            reference = ctl_pre or base_test
-            drop = reference.mean - ms_ft.mean
-            margin = _margin(ms_ft, reference)
-            record.claim(
-                f"No top-1 loss vs the unpruned model at {op} (the abstract's ResNet-110 point)",
-                paper_evidence="Abstract: ResNet-110 on CIFAR-10, 63.03% FLOPs and 60.34% params removed, no top-1 "
-                "loss",
-                our_evidence=f"MaskSparsity pruned and fine-tuned {fmt(ms_ft)}; unpruned: dense control with the same "
-                f"epochs before fine-tuning {fmt(ctl_pre)}, baseline {fmt(base_test)}; change vs "
-                f"{'the control' if ctl_pre else 'the baseline'} {-drop:+.2f}. Rule: no loss = change >= −max(1, 2 "
-                f"std). A different, much smaller network and dataset{note}",
-                verdict=testable(REPRODUCED if drop <= margin else NOT_REPRODUCED),
-            )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -524,21 +529,19 @@ def plot_accuracy_vs_flops(record: RunRecord, path: Path) -> Path:
         for label in record.extra["arms"]:
             pts = []
             for op in ops:
-                m = _get(record, op_table(op), label, "test accuracy after fine-tuning")
-                f = _get(record, op_table(op), cost_row(record.config["prune"]["rule"]), "FLOPs (MACs) reduction")
+                m = _get(record, op_table(op), label, FT)
+                # per arm; records from before per-arm masks had one row for every arm
+                f = _get(record, op_table(op), label, FLOPS) or _get(record, op_table(op), OLD_COST_ROW, FLOPS)
                 if m and f:
                     pts.append((f.mean, m.mean, m.std))
             if pts:
                 color = method_color("ours") if label == MS else method_color(label)
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], label=label,
                             color=color, marker=method_marker(label), capsize=2)  # fmt: skip
-        base = _get(record, PRE_TABLE, DENSE, "test accuracy")
-        if base:
-            ax.axhline(base.mean, color=method_color("dense"), linestyle="--", linewidth=1, label="dense baseline")
-        control = _get(record, PRE_TABLE, CONTROL, "test accuracy")
-        if control:
-            ax.axhline(control.mean, color=method_color("dense"), linestyle=":", linewidth=1,
-                       label="dense control (same epochs), unpruned")  # fmt: skip
+        reference = _get(record, REF_TABLE, DENSE_REF, FT)
+        if reference:
+            ax.axhline(reference.mean, color=method_color("dense"), linestyle="--", linewidth=1,
+                       label="unpruned, same total epochs")  # fmt: skip
         ax.set(xlabel="FLOPs (MACs) reduction (%)", ylabel="test accuracy after fine-tuning (%)")
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
         return savefig(fig, path)
@@ -557,33 +560,59 @@ def wide_table(measurements: list) -> str:
     return markdown_table(["Arm", *columns], body)
 
 
+def _seed_phases(record: RunRecord) -> str:
+    p = record.provenance
+    phases = p.get("seed_phases_s")
+    if not phases:
+        return ""
+    total = sum(phases.values()) or 1.0
+    shares = " · ".join(f"{name} {sec:.0f} s ({100 * sec / total:.0f}%)" for name, sec in phases.items())
+    where = f"{p.get('workers')} worker processes of {p.get('threads_per_worker')} thread(s)"
+    return f"Inside the seed runs ({where}; seconds summed over the {len(record.seeds)} seeds): {shares}."
+
+
 def report(record: RunRecord, out_dir: Path) -> str:
     figures = out_dir / "figures"
     plot_gamma_histograms(record, figures / "gamma_histograms.png")
     plot_accuracy_vs_flops(record, figures / "accuracy_vs_flops.png")
     head = default_report(record, out_dir).split("\n\n", 1)[0]  # the provenance line
+    seed_phases = _seed_phases(record)
     extra = record.extra
     n = len(record.seeds)
+    sizes = extra.get("split_sizes")
+    if sizes:
+        quick = sizes.get("test_quick", sizes.get("test", 0))
+        val = f", {sizes['val']:,} validation images held out of the training set" if "val" in sizes else ""
+        setup = (
+            f"{extra['n_train']:,} training images at {extra['image_size']}x{extra['image_size']}{val}. Accuracy "
+            f"after fine-tuning is measured on {sizes.get('test', 0):,} test images, accuracy before and right after "
+            f"pruning on {quick:,} of them, train accuracy on {sizes.get('train_eval', 0):,} training images without "
+            f"augmentation. Every cell is mean ± std over {n} seed(s). Within a seed MaskSparsity and the control "
+            "share one mask; each Network Slimming run is pruned with a mask from its own γ at the same FLOPs target."
+        )
+    else:  # a record written before the validation split and per-arm masks
+        setup = (
+            f"{extra['n_train']} training images at {extra['image_size']}x{extra['image_size']}; every cell is mean "
+            f"± std over {n} seed(s). Within a seed every pruned arm is pruned with the same mask."
+        )
     parts = [
-        head,
-        f"{extra['n_train']} training images at {extra['image_size']}x{extra['image_size']}; every cell is mean ± "
-        f"std over {n} seed(s) (n = {n}). Within a seed every pruned arm is pruned with the same mask. The "
-        "paper's tables could not be read (paper.py), so only the abstract's operating points have a Paper column.",
+        head + (f"<br>\n{seed_phases}" if seed_phases else ""),
+        setup + " The paper's tables could not be read (paper.py), so only the abstract's operating points have a "
+        "Paper column.",
         "![|γ| of kept vs masked channels after each training arm](figures/gamma_histograms.png)\n\n"
         "![test accuracy after fine-tuning vs FLOPs reduction](figures/accuracy_vs_flops.png)",
     ]
-    for table in record.tables():
+    for table, ms in record.tables().items():
         if table == PAPER_TABLE:
-            parts.append(f"#### {table}\n\n{paper_vs_ours_table(record.tables()[table])}")
-        else:
-            ms = record.tables()[table]
-            arms = [m for m in ms if m.metric.startswith(("test accuracy", "train", "mean |γ|", "masked γ", "…"))]
-            rest = [m for m in ms if m not in arms]
-            text = f"#### {table}\n\n{wide_table(arms)}"
-            if rest:
-                rows = [(m.setting, f"{m.metric} [{m.unit}]" if m.unit else m.metric, m.ours(), m.n) for m in rest]
-                text += "\n\n" + markdown_table(["Setting", "Metric", "Ours (mean ± std)", "n"], rows)
-            parts.append(text)
+            parts.append(f"#### {table}\n\n{paper_vs_ours_table(ms)}")
+            continue
+        arms = [m for m in ms if not m.metric.startswith(SPEEDUP)]
+        rest = [m for m in ms if m not in arms]
+        text = f"#### {table}\n\n{wide_table(arms)}"
+        if rest:
+            rows = [(m.setting, f"{m.metric} [{m.unit}]" if m.unit else m.metric, m.ours(), m.n) for m in rest]
+            text += "\n\n" + markdown_table(["Setting", "Metric", "Ours (mean ± std)", "n"], rows)
+        parts.append(text)
     if record.claims:
         parts.append(f"#### Claims\n\n{claims_table(record.claims)}")
     return "\n\n".join(parts) + "\n"

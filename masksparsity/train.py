@@ -32,23 +32,43 @@ class TensorSplit:
 
 
 class Data:
-    """A classification dataset held in memory (Fashion-MNIST subsets) or read through DataLoaders."""
+    """A classification dataset held in memory (Fashion-MNIST subsets) or read through DataLoaders.
+
+    Splits: ``train``; ``val`` (held out of the training set, for picking hyper-parameters; only with
+    ``val_subset``); ``test``; ``test_quick`` (a class-balanced part of ``test``, or all of it); ``train_eval``
+    (training images without augmentation, for train loss/accuracy).
+    """
 
     def __init__(self, cfg: DataConfig, device: torch.device):
         self.cfg, self.device = cfg, device
         self.loaders = None
         if cfg.dataset == "fashion_mnist":
-            self.splits = {s: self._fashion(s) for s in ("train", "test")}
+            self.splits = {"test": self._fashion("test", cfg.test_subset)}
+            if cfg.val_subset:
+                # one class-balanced draw of train + val images, split class-balanced: disjoint by construction
+                both = self._fashion("train", cfg.train_subset + cfg.val_subset if cfg.train_subset else 0)
+                val = cdata.stratified_subset(both.y, cfg.val_subset, seed=cfg.subset_seed + 2)
+                rest = torch.ones(len(both.y), dtype=torch.bool)
+                rest[val] = False
+                self.splits["val"] = TensorSplit(both.x[val], both.y[val])
+                self.splits["train"] = TensorSplit(both.x[rest], both.y[rest])
+            else:
+                self.splits["train"] = self._fashion("train", cfg.train_subset)
             n_eval = cfg.train_eval_subset or len(self.splits["train"].y)
             idx = cdata.stratified_subset(self.splits["train"].y, n_eval, seed=cfg.subset_seed + 1)
             self.splits["train_eval"] = TensorSplit(self.splits["train"].x[idx], self.splits["train"].y[idx])
+            test = self.splits["test"]
+            if cfg.quick_test_subset and cfg.quick_test_subset < len(test.y):
+                idx = cdata.stratified_subset(test.y, cfg.quick_test_subset, seed=cfg.subset_seed + 3)
+                self.splits["test_quick"] = TensorSplit(test.x[idx], test.y[idx])
+            else:
+                self.splits["test_quick"] = test
             self.in_channels, self.num_classes = 1, 10
             self.image_size = self.splits["train"].x.shape[-1]
         else:
             self._folders()
 
-    def _fashion(self, split: str) -> TensorSplit:
-        n = self.cfg.train_subset if split == "train" else self.cfg.test_subset
+    def _fashion(self, split: str, n: int) -> TensorSplit:
         ds = cdata.fashion_mnist(split, root=self.cfg.root or None, n=n or None, seed=self.cfg.subset_seed)
         x, y = ds.tensors
         if self.cfg.image_size and self.cfg.image_size != x.shape[-1]:
@@ -80,12 +100,27 @@ class Data:
             self.num_classes, self.image_size = len(train.classes), 224
         self.in_channels = 3
         sets = {"train": train, "test": test, "train_eval": evalset}
-        sizes = {"train": cfg.train_subset, "test": cfg.test_subset, "train_eval": cfg.train_eval_subset}
         g = generator(cfg.subset_seed)
+        if cfg.val_subset:  # held out of the training images, seen without augmentation
+            order = torch.randperm(len(train), generator=generator(cfg.subset_seed + 2))
+            sets["val"] = torch.utils.data.Subset(evalset, order[: cfg.val_subset])
+            kept = order[cfg.val_subset :]
+            kept = kept[torch.randperm(len(kept), generator=g)[: cfg.train_subset or len(kept)]]
+            sets["train"] = torch.utils.data.Subset(train, kept)
+            sets["train_eval"] = torch.utils.data.Subset(evalset, kept)
+            sizes = {"test": cfg.test_subset, "train_eval": cfg.train_eval_subset}
+        else:
+            sizes = {"train": cfg.train_subset, "test": cfg.test_subset, "train_eval": cfg.train_eval_subset}
         for name, n in sizes.items():
             if n:
                 sets[name] = torch.utils.data.Subset(sets[name], torch.randperm(len(sets[name]), generator=g)[:n])
+        quick = cfg.quick_test_subset
+        order = torch.randperm(len(sets["test"]), generator=generator(cfg.subset_seed + 3))
+        sets["test_quick"] = torch.utils.data.Subset(sets["test"], order[:quick]) if quick else sets["test"]
         self.loaders = sets
+
+    def has(self, split: str) -> bool:
+        return split in (self.loaders if self.loaders else self.splits)
 
     def n_train(self) -> int:
         return len(self.loaders["train"]) if self.loaders else len(self.splits["train"].y)
@@ -107,7 +142,7 @@ class Data:
                 x = augment(x, g)
             yield x.to(self.device), split.y[idx].to(self.device)
 
-    def eval_batches(self, split: str, batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(self, split: str, batch_size: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.loaders:
             dl = cdata.loader(self.loaders[split], batch_size, num_workers=self.cfg.workers)
             for x, y in dl:
@@ -122,7 +157,24 @@ class Data:
 
 
 def augment(x: torch.Tensor, g: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Random crop after zero padding by ``pad`` pixels, and random horizontal flip (per image)."""
+    """Random crop after zero padding by ``pad`` pixels, and random horizontal flip (per image).
+
+    The offsets and flips are drawn as before (``dy``, ``dx``, then ``flip``) and the crops are gathered in one
+    indexing operation, which gives exactly the per-image slices of :func:`augment_reference`.
+    """
+    n, h, w = x.shape[0], x.shape[2], x.shape[3]
+    padded = F.pad(x, (pad,) * 4, value=float(x.min()))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    flip = torch.rand(n, generator=g) < 0.5
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (n, 1, h, 1)
+    cols = dx[:, None] + torch.arange(w)  # (n, w)
+    cols = torch.where(flip[:, None], cols.flip(-1), cols)[:, None, None, :]  # (n, 1, 1, w)
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+
+
+def augment_reference(x: torch.Tensor, g: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """:func:`augment` one image at a time (the original loop; the tests check that both agree exactly)."""
     n, h, w = x.shape[0], x.shape[2], x.shape[3]
     padded = F.pad(x, (pad,) * 4, value=float(x.min()))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
@@ -190,9 +242,9 @@ def calibration_batches(data: Data, n_images: int, seed: int, batch_size: int = 
         seen += len(x)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: nn.Module, data: Data, split: str = "test") -> tuple[float, float]:
-    """(mean cross-entropy, accuracy in %) on a split."""
+    """(mean cross-entropy, accuracy in %) on a split, in inference mode with large batches."""
     was_training = model.training
     model.eval()
     loss, correct, n = 0.0, 0, 0
