@@ -63,6 +63,11 @@ class SyntheticConfig:
     pretrain_lr: float = param(1e-3, "pre-training learning rate")
     finetune_lr: float = param(1e-4, "fine-tuning learning rate (larger gives larger deltas)")
     batch_size: int = param(256, "batch size of both trainings")
+    large_delta_lr: float = param(2e-3, "learning rate of the large-delta fine-tune (notes §4.2 pilot: 2e-3)")
+    adamr_lambdas: tuple[float, ...] = param(
+        (0.01, 0.02), "AdamR-L2 strengths λ of the DAREx-L2 fine-tunes (the one used is chosen on validation)"
+    )
+    n_unlabelled: int = param(512, "unlabelled inputs for the label-free choice of q and WANDA's input norms")
 
 
 @dataclass(frozen=True)
@@ -112,12 +117,16 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class PruneConfig:
     rates: tuple[float, ...] = param((0.5, 0.9, 0.95, 0.99), "pruning rates p (fraction of deltas dropped)")
-    mask_seeds: tuple[int, ...] = param((0, 1, 2), "seeds of the random masks; tables report mean ± std over them")
+    mask_seeds: tuple[int, ...] = param(
+        (0, 1, 2), "seeds of the random masks (< 999): the replication unit of the pruning claims, split in halves"
+    )
     coarse: int = param(6, "coarse grid size of the global-q searches (log-spaced in 1/q from 1/(1-p) to 1)")
     fine: int = param(2, "fine grid points around the best coarse q")
     patience: int = param(4, "stop the coarse sweep after this many q's without improvement (official: 4)")
     etas: tuple[float, ...] = param((0.2, 0.5, 0.8, 1.1), "η grid of the analytical per-layer q")
-    figure_rate: float = param(0.99, "rate of the Fig. 1 analogue (accuracy vs rescaling factor)")
+    figure_rate: float = param(
+        0.99, "the extreme rate: the Fig. 1 analogue (accuracy vs rescaling factor), DAREx-L2 and the recovery claims"
+    )
     figure_points: int = param(10, "grid points of the Fig. 1 analogue")
     optimise_rates: tuple[float, ...] = param(
         (0.99,), "rates at which per-layer q is also learned by optimisation (costs a short training per rate)"
@@ -127,15 +136,16 @@ class PruneConfig:
     large_delta_rates: tuple[float, ...] = param(
         (0.5, 0.9, 0.99), "rates of the large-delta comparison (those below figure_rate are the 'moderate' ones)"
     )
-    q_grid_points: int = param(9, "synthetic experiment: grid size of its labelled global-q search")
+    q_grid_points: int = param(9, "synthetic experiment: grid size of its per-mask q searches (log-spaced in 1/q)")
 
 
 @dataclass(frozen=True)
 class DarexConfig:
-    experiment: Literal["text", "synthetic", "decoder"] = param(
+    experiment: Literal["text", "synthetic", "decoder", "text+synthetic"] = param(
         "text",
-        "text: an encoder fine-tuned on a text task (mini, paper); synthetic: the MLP toy of notes §4.2; "
-        "decoder: a causal LM pair on GSM8K (paper preset, global q)",
+        "text: an encoder fine-tuned on a text task (the real regime; paper); synthetic: the MLP of notes §4.2 "
+        "(the collapse regime); text+synthetic: both in one record (smoke, mini); decoder: a causal LM pair on "
+        "GSM8K (paper preset, global q)",
     )
     seeds: tuple[int, ...] = param((0,), "fine-tuning seeds (one fine-tuned model per seed and setting)")
     exclude: str = param(
@@ -149,12 +159,14 @@ class DarexConfig:
 
 
 def smoke() -> DarexConfig:
-    """Every code path of `mini` on a 2-layer BERT built from a config, in seconds (numbers meaningless).
+    """Every code path of `mini` (both regimes) on a 2-layer BERT built from a config and a tiny MLP.
 
-    Command: ``make reproduce-darex PRESET=smoke``. Hardware: any CPU. Time: < 60 s on 2 cores.
-    Tests use it; it targets no paper number. ``--set experiment=synthetic`` runs the notes' MLP toy instead.
+    Command: ``make reproduce-darex PRESET=smoke``. Hardware: any CPU. Time: about 1 min on 2 idle cores (much
+    of it starting the worker processes). Tests use it; the numbers are meaningless and it targets no paper number.
+    ``--set experiment=text`` or ``--set experiment=synthetic`` runs one regime.
     """
     return DarexConfig(
+        experiment="text+synthetic",
         text=TextConfig(
             model_path=TINY_BERT,
             n_train=256,
@@ -168,25 +180,54 @@ def smoke() -> DarexConfig:
         finetune=FinetuneConfig(lr=1e-3, steps=8, batch_size=32, large_delta_lr=5e-3, adamr_lambdas=(1.0,)),
         prune=PruneConfig(
             rates=(0.9, 0.99),
-            mask_seeds=(0, 1),
+            mask_seeds=(0, 1, 2, 3),
             coarse=4,
             fine=1,
             etas=(0.5, 1.0),
             figure_points=4,
             large_delta_rates=(0.5, 0.99),
             optimise_steps=10,
+            q_grid_points=5,
+        ),
+        synthetic=SyntheticConfig(
+            hidden=32,
+            n_pretrain=2_000,
+            pretrain_steps=150,
+            n_finetune=1_000,
+            finetune_steps=80,
+            n_val=200,
+            n_test=500,
+            n_unlabelled=64,
         ),
     )
 
 
 def mini() -> DarexConfig:
-    """MiniLM-L6 fine-tuned on Rotten Tomatoes, pruned by DARE, DAREx-q (3 ways), magnitude, WANDA; DAREx-L2.
+    """Both regimes in one record: MiniLM-L6 fine-tuned on Rotten Tomatoes (real) and the notes' MLP (collapse).
 
-    Command: ``make reproduce-darex``. Hardware: 2-core CPU, offline. Time: <= 20 min from a fresh clone
-    (about half of it fine-tuning, which is cached for re-runs). Targets the shape of Table 1 (DPP methods
-    x rates), Fig. 1 (accuracy vs rescaling factor at p = 0.99) and the large-delta study (§5).
+    Command: ``make reproduce-darex``. Hardware: 2-core CPU, offline. Time: about 16 min from an empty cache (an
+    estimate from single-thread timing probes, not yet measured; budget 20 min): the jobs of both regimes
+    (fine-tunes, then the pruning of each fine-tuned model at each rate) run in two single-thread worker processes.
+    Real regime: DARE, DAREx-q (4 ways), magnitude, WANDA at p = 0.5, 0.9, 0.99 with 8 masks, q chosen on 1,000
+    validation sentences; a large-delta fine-tune; DAREx-L2 (AdamR-L2, λ = 0.1). Collapse regime: the research
+    notes' pilot scale (hidden 512, 3,000 pre-training and 1,500 fine-tuning steps), where DARE collapses at
+    p = 0.99, with the same comparisons and 8 masks. Targets the shape of Table 1, Fig. 1 and §5 (large deltas).
     """
-    return DarexConfig()
+    return DarexConfig(
+        experiment="text+synthetic",
+        text=TextConfig(n_val=1_000, eval_batch_size=16),  # batches of 16: ~15% faster than 64 on one thread
+        finetune=FinetuneConfig(adamr_lambdas=(0.1,)),
+        prune=PruneConfig(rates=(0.5, 0.9, 0.99), mask_seeds=tuple(range(8)), q_grid_points=25),
+        synthetic=SyntheticConfig(
+            hidden=512,
+            n_pretrain=40_000,
+            pretrain_steps=3_000,
+            n_finetune=20_000,
+            finetune_steps=1_500,
+            n_val=1_000,
+            n_test=5_000,
+        ),
+    )
 
 
 def paper() -> DarexConfig:

@@ -28,7 +28,7 @@ from torch import nn
 from common.cli import RunContext
 from common.data import DatasetNotFoundError
 from common.errors import IncompatibleModelsError, UserError
-from common.results import NOT_TESTABLE, RunRecord
+from common.results import RunRecord
 from common.runtime import generator, progress
 
 from .checks import decoder_input_checks, load_or_explain, require_model_dir, run_checks
@@ -271,7 +271,7 @@ def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
                 bench.accuracy(dare(bench.deltas, p, q, generator(seed)), test, f"{method} p={p}")
                 for seed in dc.mask_seeds
             ]
-            record.add(DECODER_TABLE, METHODS[method], f"accuracy, p={p}", scores, unit="%")
+            record.add(DECODER_TABLE, METHODS[method], f"accuracy, p={p}", scores, seeds=list(dc.mask_seeds), unit="%")
             if method != "dare":
                 record.add(DECODER_Q, METHODS[method], f"1/q at p={p} (DARE: {1 / (1 - p):.4g})", 1.0 / q)
         log.info("decoder p=%g: %s", p, {m: round(1 / q, 2) for m, q in chosen.items()})
@@ -280,16 +280,7 @@ def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
 
 
 def _claim(record: RunRecord, cfg: DarexConfig) -> None:
-    from .reproduce import DELTAS_MATTER, collapse_and_recovery
+    from .claims import decoder_recovery
 
-    p = max(cfg.prune.rates)
-    ft = record.get(DECODER_REFS, "fine-tuned (unpruned)", "accuracy")
-    dropped = record.get(DECODER_REFS, DROPPED, "accuracy")
-    at = {k: record.get(DECODER_TABLE, METHODS[k], f"accuracy, p={p}") for k in ("dare", "labelled")}
-    evidence, verdict = collapse_and_recovery(ft, at["dare"], at["labelled"])
-    record.claim(
-        f"On a decoder, DARE collapses at p = {p} and DAREx-q (global q) recovers",
-        paper_evidence="§5: 'even greater gains in decoder models' (Table 3; numbers not read)",
-        our_evidence=evidence,
-        verdict=verdict if ft.mean - dropped.mean > DELTAS_MATTER else NOT_TESTABLE,
-    )
+    j = decoder_recovery(record)
+    record.claim(j.claim, paper_evidence=j.paper_evidence, our_evidence=j.our_evidence, judgement=j.judgement, id=j.id)

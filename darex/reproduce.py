@@ -1,10 +1,17 @@
 """The DAREx experiments: each preset runs one and returns a results record (see common.cli).
 
-``text`` (smoke, mini, paper): an encoder fine-tuned on a text task, then every DPP method at every rate:
-DARE, DAREx-q with q chosen on labelled validation data / by the last layer's output change / per layer
-from the analytical bound, magnitude and WANDA on deltas; the Fig. 1 analogue (accuracy against the
-rescaling factor); a large-delta fine-tune; DAREx-L2 (AdamR-L2 fine-tunes, then DARE and DAREx-q).
-``synthetic``: the notes' MLP toy (``synthetic.py``).
+``text`` (the real regime; paper): an encoder fine-tuned on a text task, then every DPP method at every rate:
+DARE, DAREx-q with q chosen on labelled validation data / by the last layer's output change / per layer from
+the analytical bound / per layer by optimisation, magnitude and WANDA on deltas; the Fig. 1 analogue (accuracy
+against the rescaling factor); a large-delta fine-tune; DAREx-L2 (AdamR-L2 fine-tunes, then DARE).
+``synthetic`` (the collapse regime): the notes' MLP (``synthetic.py``). ``text+synthetic`` (smoke, mini): both,
+in one record. ``decoder``: a causal LM pair on GSM8K (``decoder.py``).
+
+The work is split into independent jobs (:class:`darex.regimes.Job`): first the fine-tunes (and the MLP's
+pre-training), then the pruning of each fine-tuned model at each rate. They run in single-thread worker
+processes (``common.parallel.map_jobs``; ``PRUNE_REPRO_WORKERS`` sets how many, default 2 on a CPU), each job
+seeds itself and runs on one thread wherever it runs, so the record is the same with 1 or 2 workers. The
+claims are judged from the record by :mod:`darex.claims`.
 """
 
 from __future__ import annotations
@@ -12,33 +19,27 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from common.cli import RunContext, default_report
+from common.cli import RunContext
 from common.config import to_dict
+from common.parallel import default_workers, map_jobs
 from common.plotting import method_color, method_marker, plt, savefig, style
-from common.results import (
-    NOT_REPRODUCED,
-    NOT_TESTABLE,
-    PARTLY,
-    REPRODUCED,
-    Measurement,
-    RunRecord,
-    format_mean_std,
-    mean_std,
-)
+from common.results import RULES_MARKDOWN, RunRecord, claims_table, mean_std, render_record
 from common.results import markdown_table as md_table
-from common.runtime import generator
+from common.runtime import ArtifactCache, PhaseTimer, generator
 
-from . import synthetic
+from . import claims, synthetic
 from .checks import check_inputs, run_checks, text_input_checks
 from .config import DarexConfig, TextConfig
 from .data import Encoded, Example, batches, encode, group_split, packed_windows, read_labelled_file, rotten_tomatoes
@@ -59,6 +60,31 @@ from .method import (
     wanda_prune,
 )
 from .models import load_classifier, load_tokenizer
+from .regimes import (
+    DROPPED,
+    LARGE,
+    MAIN_TABLE,
+    METHODS,
+    Q_TABLE,
+    RANDOM_METHODS,
+    REFERENCE_TABLE,
+    SEARCH_MASK,
+    STANDARD,
+    STORAGE_TABLE,
+    SYNTHETIC,
+    SYNTHETIC_PREFIX,
+    TEXT,
+    Job,
+    inv_q_metric,
+    l2_model,
+    mask_id,
+    mask_ids,
+    model_table,
+    rate_metric,
+    text_regime_name,
+    unpruned_setting,
+    validation_metric,
+)
 from .storage import directory_bytes, save_sparse_delta
 from .train import FinetuneSpec, finetune, score
 
@@ -67,16 +93,7 @@ log = logging.getLogger(__name__)
 FINETUNE_FORMAT = 1
 """Bump when the fine-tuning code changes what it produces, so cached fine-tuned models are not reused."""
 
-METHODS = {
-    "dare": "DARE (1/(1-p))",
-    "darex_q_labelled": "DAREx-q, global q on labelled validation",
-    "darex_q_unlabelled": "DAREx-q, global q by output change (no labels)",
-    "darex_q_analytical": "DAREx-q, per-layer analytical q (η by output change)",
-    "darex_q_optimised": "DAREx-q, per-layer q by optimisation (no labels)",
-    "magnitude": "Magnitude on deltas",
-    "wanda": "WANDA on deltas",
-}
-# The method's three variants in shades of the house colour for "ours"; DARE and the importance baselines
+# The method's variants in shades of the house colour for "ours"; DARE and the importance baselines
 # in theirs (common.plotting), so the same method looks the same in every figure.
 COLORS = {
     "dare": method_color("random"),
@@ -87,13 +104,6 @@ COLORS = {
     "magnitude": method_color("magnitude"),
     "wanda": "#17becf",
 }
-RANDOM_METHODS = ("dare", "darex_q_labelled", "darex_q_unlabelled", "darex_q_analytical", "darex_q_optimised")
-MAIN_TABLE = "Table 1 analogue: task metric after delta-parameter pruning"
-REFERENCE_TABLE = "Unpruned references"
-Q_TABLE = "Chosen rescaling factors"
-LARGE_TABLE = "Large deltas: the same task fine-tuned with a larger learning rate"
-L2_TABLE = "DAREx-L2: fine-tuning with AdamR-L2, then pruning"
-STORAGE_TABLE = "Storage of the pruned delta"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -165,20 +175,21 @@ def finetune_spec(cfg: DarexConfig, seed: int, optimizer: str = "adamw", lr: flo
     )  # fmt: skip
 
 
-def finetuned_model(cfg: DarexConfig, ctx: RunContext, task: TextTask, spec: FinetuneSpec, tag: str) -> nn.Module:
+def finetuned_model(cfg: DarexConfig, cache: ArtifactCache, device: torch.device, task: TextTask, spec: FinetuneSpec,
+                    tag: str) -> nn.Module:  # fmt: skip
     """The model fine-tuned with ``spec``, from the cache when this exact run was done before."""
     vocab = task.tokenizer.vocab_size
     key = {"text": to_dict(cfg.text), "spec": dataclasses.asdict(spec), "format": FINETUNE_FORMAT}
 
     def create() -> dict[str, torch.Tensor]:
-        model = load_classifier(cfg.text.model_path, cfg.text.num_labels, vocab, seed=spec.seed).to(ctx.device)
+        model = load_classifier(cfg.text.model_path, cfg.text.num_labels, vocab, seed=spec.seed).to(device)
         finetune(model, task.train, spec, task.pad_id, desc=f"fine-tune {tag}")
         return {k: v.cpu() for k, v in model.state_dict().items()}
 
-    state = ctx.cache.get_or_create(f"finetuned-{tag}", key, create)
+    state = cache.get_or_create(f"finetuned-{tag.replace(' λ=', '-')}", key, create)
     model = load_classifier(cfg.text.model_path, cfg.text.num_labels, vocab, seed=spec.seed)
     model.load_state_dict(state)
-    return model.to(ctx.device).eval()
+    return model.to(device).eval()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -275,18 +286,19 @@ def _untimed(name: str) -> contextlib.AbstractContextManager:
 
 
 def prune_at_rate(
-    bench: Bench, p: float, cfg: DarexConfig, mask_seeds: list[int], methods: tuple[str, ...],
+    bench: Bench, p: float, cfg: DarexConfig, mask_seeds: list[int], methods: tuple[str, ...], search_seed: int,
     phase: Callable[[str], contextlib.AbstractContextManager] = _untimed,
 ) -> RateResult:  # fmt: skip
-    """Every DPP method in ``methods`` at rate ``p``; q's are chosen with the first mask, then every mask
-    is scored on the test split with the chosen q.
+    """Every DPP method in ``methods`` at rate ``p``: each q is chosen once, with the mask of ``search_seed``
+    (never one of the scored masks), then every mask in ``mask_seeds`` is scored on the test split with it.
 
-    ``phase`` is the run's ``RunContext.phase`` (default: no timing): choosing q is timed as "q search",
-    the test scores as "evaluation", drawing the pruned deltas inside either as "deltas and pruning"."""
+    A global q equal to one already scored (often DARE's own 1 - p) gives the same pruned deltas, mask by mask,
+    so its scores are reused rather than recomputed. ``phase`` is the job's phase timer (default: none):
+    choosing q is timed as "q search", the test scores as "evaluation", drawing the pruned deltas inside either
+    as "deltas and pruning"."""
     pc, d = cfg.prune, bench.deltas
-    probe_seed = mask_seeds[0]
 
-    def dare_with(q, mask_seed=probe_seed) -> Deltas:
+    def dare_with(q, mask_seed=search_seed) -> Deltas:
         with phase("deltas and pruning"):
             return dare(d, p, q, generator(mask_seed))
 
@@ -308,14 +320,26 @@ def prune_at_rate(
             eta = min(candidates, key=lambda e: bench.change(dare_with(candidates[e])))
             q_for["darex_q_analytical"] = candidates[eta]
         if "darex_q_optimised" in methods and p in pc.optimise_rates:
-            q_for["darex_q_optimised"] = bench.optimised_q(p, probe_seed, pc.optimise_steps, pc.optimise_batch)
+            q_for["darex_q_optimised"] = bench.optimised_q(p, search_seed, pc.optimise_steps, pc.optimise_batch)
     for method, q in q_for.items():
         if isinstance(q, dict):
             inv_q[method] = sum(1.0 / v for v in q.values()) / len(q)
         elif q is not None:
             inv_q[method] = 1.0 / q
     with phase("evaluation"):
-        scores = {m: [bench.score(dare_with(q_for[m], s)) for s in mask_seeds] for m in RANDOM_METHODS if m in q_for}
+        scores: dict[str, list[float]] = {}
+        by_q: dict[float, list[float]] = {}  # global q -> scores of the masks (the same deltas give the same score)
+        for m in RANDOM_METHODS:
+            if m not in q_for:
+                continue
+            q = q_for[m]
+            key = 1.0 - p if q is None else q
+            if isinstance(key, float) and key in by_q:
+                scores[m] = list(by_q[key])
+                continue
+            scores[m] = [bench.score(dare_with(q, s)) for s in mask_seeds]
+            if isinstance(key, float):
+                by_q[key] = scores[m]
         if "magnitude" in methods:
             with phase("deltas and pruning"):
                 pruned = magnitude_prune(d, p)
@@ -342,117 +366,215 @@ def rescaling_curve(bench: Bench, p: float, n: int, mask_seed: int) -> dict[str,
 
 
 # ----------------------------------------------------------------------------------------------------
-# The text experiment
+# The real regime's jobs: the fine-tunes, then each fine-tuned model's references and rates
 
 
-def _mask_seeds(cfg: DarexConfig, seed: int) -> list[int]:
-    return [1_000 * seed + m for m in cfg.prune.mask_seeds]  # distinct masks per fine-tuned model
+def text_models(cfg: DarexConfig) -> list[str]:
+    """The fine-tunes of the real regime: standard (AdamW), large-delta (larger lr), one per AdamR-L2 λ."""
+    return [STANDARD, LARGE, *(l2_model(lam) for lam in cfg.finetune.adamr_lambdas)]
 
 
-def run_text(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
-    with ctx.phase("data"):
-        task = load_task(cfg.text)
-    n_train = len(task.train)
-    metric_name = cfg.text.metric
-    record = ctx.new_record(seeds=list(cfg.seeds))
-    record.extra.update(mask_seeds=list(cfg.prune.mask_seeds), metric=metric_name, methods=METHODS,
-                        sizes={"train": n_train, "val": len(task.val), "test": len(task.test)})  # fmt: skip
-    main: dict[tuple[str, float], list[float]] = {}
-    inv_q: dict[tuple[str, float], list[float]] = {}
-    etas: dict[float, list[float]] = {}
-    refs: dict[str, list[float]] = {}
-    large: dict[str, list[float]] = {}
-    l2: dict[str, list[float]] = {}
-    curves, stats, storage = [], {}, {}
+def text_plan(cfg: DarexConfig, model: str) -> list[tuple[float, tuple[str, ...]]]:
+    """The rates a fine-tune is pruned at, each with its methods: the standard fine-tune with every method at
+    ``prune.rates``; the large-delta one with DARE and the importance-based methods at ``prune.large_delta_rates``
+    (DAREx-q at the extreme rate only); an AdamR-L2 one with DARE at the extreme rate (DAREx-L2)."""
+    p_max = cfg.prune.figure_rate
+    if model == STANDARD:
+        return [(p, tuple(METHODS)) for p in cfg.prune.rates]
+    if model == LARGE:
+        return [(p, ("dare", *(("darex_q_labelled",) if p == p_max else ()), "magnitude", "wanda"))
+                for p in cfg.prune.large_delta_rates]  # fmt: skip
+    return [(p_max, ("dare",))]
 
-    for seed in cfg.seeds:
-        masks = _mask_seeds(cfg, seed)
-        with ctx.phase("fine-tuning"):  # loading the pre-trained model, then the (cached) fine-tune
-            pretrained = load_classifier(cfg.text.model_path, cfg.text.num_labels, task.tokenizer.vocab_size, seed)
-            pretrained = pretrained.to(ctx.device)
-            finetuned = finetuned_model(cfg, ctx, task, finetune_spec(cfg, seed, n_train=n_train), "standard")
-        with ctx.phase("deltas and pruning"):  # deltas, the label-free reference, calibration statistics
-            bench = Bench(pretrained, finetuned, task, cfg, f"standard (seed {seed})")
-        with ctx.phase("evaluation"):
-            refs.setdefault("fine-tuned (unpruned)", []).append(bench.score(bench.deltas))
-            refs.setdefault("pre-trained encoder + fine-tuned head (all deltas dropped)", []).append(
-                bench.score({n: torch.zeros_like(v) for n, v in bench.deltas.items()})
-            )
-        with ctx.phase("deltas and pruning"):
-            stats.setdefault("standard", []).append(delta_statistics(bench.deltas))
-        for p in cfg.prune.rates:
-            result = prune_at_rate(bench, p, cfg, masks, tuple(METHODS), phase=ctx.phase)
-            for method, values in result.scores.items():
-                main.setdefault((method, p), []).extend(values)
-            for method, value in result.inv_q.items():
-                inv_q.setdefault((method, p), []).append(value)
-            if result.eta is not None:
-                etas.setdefault(p, []).append(result.eta)
-            if p == cfg.prune.figure_rate:
-                with ctx.phase("storage"):
-                    labelled_q = 1.0 / result.inv_q["darex_q_labelled"]
-                    sparse = dare(bench.deltas, p, labelled_q, generator(masks[0]))
-                    storage = _storage_sizes(bench, sparse)
-        with ctx.phase("Fig. 1 curve"):
-            curves.append(rescaling_curve(bench, cfg.prune.figure_rate, cfg.prune.figure_points, masks[0]))
-        del bench
 
-        # Large deltas: the same fine-tune with a larger learning rate (paper §5's failure case for DARE).
-        spec = finetune_spec(cfg, seed, lr=cfg.finetune.large_delta_lr, n_train=n_train)
-        with ctx.phase("fine-tuning"):
-            finetuned = finetuned_model(cfg, ctx, task, spec, "large-delta")
-        with ctx.phase("deltas and pruning"):
-            bench = Bench(pretrained, finetuned, task, cfg, "large-delta")
-        with ctx.phase("evaluation"):
-            large.setdefault("fine-tuned (unpruned)", []).append(bench.score(bench.deltas))
-        with ctx.phase("deltas and pruning"):
-            stats.setdefault("large-delta", []).append(delta_statistics(bench.deltas))
-        for p in cfg.prune.large_delta_rates:
-            result = prune_at_rate(bench, p, cfg, masks, ("dare", "darex_q_labelled", "magnitude", "wanda"),
-                                   phase=ctx.phase)  # fmt: skip
-            for method, values in result.scores.items():
-                large.setdefault(f"{METHODS[method]}, p={p}", []).extend(values)
-        del bench
+def _spec(cfg: DarexConfig, seed: int, model: str, n_train: int) -> FinetuneSpec:
+    if model == STANDARD:
+        return finetune_spec(cfg, seed, n_train=n_train)
+    if model == LARGE:
+        return finetune_spec(cfg, seed, lr=cfg.finetune.large_delta_lr, n_train=n_train)
+    lam = float(model.split("=")[-1])
+    return finetune_spec(cfg, seed, optimizer="adamr-l2", weight_decay=lam, n_train=n_train)
 
-        # DAREx-L2: AdamR-L2 fine-tunes, then DARE and DAREx-q (labelled q) at the extreme rate.
-        p = cfg.prune.figure_rate
-        for lam in cfg.finetune.adamr_lambdas:
-            spec = finetune_spec(cfg, seed, optimizer="adamr-l2", weight_decay=lam, n_train=n_train)
-            tag = f"adamr-l2-{lam}"
-            with ctx.phase("fine-tuning"):
-                finetuned = finetuned_model(cfg, ctx, task, spec, tag)
-            with ctx.phase("deltas and pruning"):
-                bench = Bench(pretrained, finetuned, task, cfg, tag)
-            with ctx.phase("evaluation"):
-                l2.setdefault(f"λ={lam}: fine-tuned (unpruned)", []).append(bench.score(bench.deltas))
-            with ctx.phase("deltas and pruning"):
-                stats.setdefault(f"adamr-l2 λ={lam}", []).append(delta_statistics(bench.deltas))
-            result = prune_at_rate(bench, p, cfg, masks, ("dare", "darex_q_labelled"), phase=ctx.phase)
-            l2.setdefault(f"λ={lam}: DARE, p={p}", []).extend(result.scores["dare"])
-            l2.setdefault(f"λ={lam}: DAREx-q (labelled q), p={p}", []).extend(result.scores["darex_q_labelled"])
-            del bench
 
-    unit = "%" if metric_name == "accuracy" else ""
-    for name, values in refs.items():
-        record.add(REFERENCE_TABLE, name, metric_name, values, unit=unit)
-    for (method, p), values in main.items():
-        record.add(MAIN_TABLE, METHODS[method], f"{metric_name}, p={p}", values, unit=unit)
-    for (method, p), values in inv_q.items():
-        if method != "dare":
-            record.add(Q_TABLE, METHODS[method], f"1/q at p={p} (DARE: {1 / (1 - p):.4g})", values)
-    for p, values in etas.items():
-        record.add(Q_TABLE, METHODS["darex_q_analytical"], f"η at p={p}", values)
-    for name, values in large.items():
-        record.add(LARGE_TABLE, name, metric_name, values, unit=unit)
-    for name, values in l2.items():
-        record.add(L2_TABLE, name, metric_name, values, unit=unit)
+def text_jobs(cfg: DarexConfig) -> tuple[list[Job], list[Job]]:
+    """(fine-tunes, pruning jobs) of the real regime; ``cost`` is a rough relative duration (ordering only)."""
+    train = [Job(TEXT, "train", s, model, cost=1.4) for s in cfg.seeds for model in text_models(cfg)]
+    prune = []
+    for s in cfg.seeds:
+        for model in text_models(cfg):
+            prune.append(Job(TEXT, "prune", s, model, "references", cost=0.8 if model == STANDARD else 0.1))
+            for p, methods in text_plan(cfg, model):
+                cost = 0.6 * len(methods) + (1.0 if "darex_q_labelled" in methods else 0.0)
+                cost += 0.8 if "darex_q_optimised" in methods and p in cfg.prune.optimise_rates else 0.0
+                prune.append(Job(TEXT, "prune", s, model, "rate", p, cost=cost))
+    return train, prune
+
+
+@functools.lru_cache(maxsize=2)
+def _task(text: TextConfig) -> TextTask:
+    """The task's data, loaded once per process (a worker runs several jobs)."""
+    return load_task(text)
+
+
+def text_job(job: Job, cfg: DarexConfig, cache: ArtifactCache, device: torch.device,
+             phase: Callable[[str], contextlib.AbstractContextManager]) -> dict[str, Any] | None:  # fmt: skip
+    """One job of the real regime (see :func:`text_jobs`); returns plain data for the record."""
+    seed, model = job.seed, job.model
+    with phase("data"):
+        task = _task(cfg.text)
+    spec = _spec(cfg, seed, model, len(task.train))
+    with phase("fine-tuning"):  # the cached fine-tune (trained by the job of stage "train")
+        finetuned = finetuned_model(cfg, cache, device, task, spec, model)
+        if job.stage == "train":
+            return None
+        pretrained = load_classifier(cfg.text.model_path, cfg.text.num_labels, task.tokenizer.vocab_size, seed)
+        pretrained = pretrained.to(device)
+    with phase("deltas and pruning"):  # deltas, the label-free reference, calibration statistics
+        bench = Bench(pretrained, finetuned, task, cfg, f"{model} (seed {seed})")
+    if job.part == "references":
+        out: dict[str, Any] = {
+            "refs": {},
+            "stats": delta_statistics(bench.deltas),
+            "sizes": {"train": len(task.train), "val": len(task.val), "test": len(task.test)},
+        }
+        with phase("evaluation"):
+            out["refs"][unpruned_setting(model)] = bench.score(bench.deltas)
+            if model == STANDARD:
+                out["refs"][DROPPED] = bench.score({n: torch.zeros_like(v) for n, v in bench.deltas.items()})
+        if model == STANDARD:
+            with phase("Fig. 1 curve"):
+                first = mask_id(seed, cfg.prune.mask_seeds[0])
+                out["curve"] = rescaling_curve(bench, cfg.prune.figure_rate, cfg.prune.figure_points, first)
+        return out
+    p = job.rate
+    methods = dict(text_plan(cfg, model))[p]
+    masks = [mask_id(seed, m) for m in cfg.prune.mask_seeds]
+    result = prune_at_rate(bench, p, cfg, masks, methods, mask_id(seed, SEARCH_MASK), phase=phase)
+    out = {"scores": result.scores, "inv_q": result.inv_q, "eta": result.eta}
+    if model not in (STANDARD, LARGE) and len(cfg.finetune.adamr_lambdas) > 1:
+        with phase("q search"):  # choosing among several λ needs DARE's validation score
+            out["val_dare"] = [bench.score(dare(bench.deltas, p, None, generator(m)), "val") for m in masks]
+    if model == STANDARD and p == cfg.prune.figure_rate and "darex_q_labelled" in result.inv_q:
+        with phase("storage"):
+            sparse = dare(bench.deltas, p, 1.0 / result.inv_q["darex_q_labelled"], generator(masks[0]))
+            out["storage"] = _storage_sizes(bench, sparse)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Running the jobs (both regimes)
+
+
+def run_job(job: Job, cfg: DarexConfig, cache: ArtifactCache, device: str) -> tuple[Any, dict[str, float]]:
+    """One job, on one torch thread (on a CPU) whether in a worker or here, seeded; its result and the
+    seconds it spent per phase."""
+    timer = PhaseTimer()
+    dev = torch.device(device)
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(1)
+    torch.manual_seed(0)
+    try:
+        if job.regime == SYNTHETIC:
+            result = synthetic.run_job(job, cfg, cache, timer.phase)
+        else:
+            result = text_job(job, cfg, cache, dev, timer.phase)
+    finally:
+        torch.set_num_threads(threads)
+    return result, timer.breakdown()
+
+
+def _run_jobs(jobs: list[Job], cfg: DarexConfig, ctx: RunContext, workers: int, desc: str,
+              phases: dict[str, float]) -> dict[Job, Any]:  # fmt: skip
+    """Run ``jobs`` (longest first) in ``workers`` processes; their results by job, their phase times added up."""
+    ordered = sorted(jobs, key=lambda j: -j.cost)  # stable: ties keep the config order
+    out = map_jobs(run_job, [(job, cfg, ctx.cache, str(ctx.device)) for job in ordered], workers=workers, desc=desc)
+    results = {}
+    for job, (result, seconds) in zip(ordered, out, strict=True):
+        results[job] = result
+        for name, value in seconds.items():
+            phases[name] = round(phases.get(name, 0.0) + value, 2)
+    return results
+
+
+def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
+    check_inputs(cfg)  # every model directory and data file the config names, before any work
+    if cfg.experiment == "decoder":
+        from . import decoder
+
+        return decoder.run(cfg, ctx)
+    regimes = [r for r in (TEXT, SYNTHETIC) if r in cfg.experiment.split("+")]
+    if any(not 0 <= m < SEARCH_MASK for m in cfg.prune.mask_seeds):
+        raise ValueError(f"prune.mask_seeds must lie in [0, {SEARCH_MASK}); got {cfg.prune.mask_seeds}")
+    workers = default_workers() if ctx.device.type == "cpu" else 1
+    train_jobs, prune_jobs = [], []
+    for regime in regimes:
+        train, prune = text_jobs(cfg) if regime == TEXT else synthetic.jobs(cfg)
+        train_jobs += train
+        prune_jobs += prune
+    inside: dict[str, float] = {}
+    with ctx.phase("fine-tuning and pre-training"):
+        _run_jobs(train_jobs, cfg, ctx, workers, "fine-tunes", inside)
+    with ctx.phase("pruning and evaluation"):
+        results = _run_jobs(prune_jobs, cfg, ctx, workers, "pruning jobs", inside)
+    with ctx.phase("record and claims"):
+        record = ctx.new_record(seeds=list(cfg.seeds))
+        record.extra.update(regimes=regimes, workers=workers, job_phases_s=inside)
+        if TEXT in regimes:
+            add_text_to_record(record, cfg, {(j.seed, j.model, j.part, j.rate): r for j, r in results.items()
+                                             if j.regime == TEXT})  # fmt: skip
+        if SYNTHETIC in regimes:
+            synthetic.add_to_record(record, cfg, {(j.seed, j.model): r for j, r in results.items()
+                                                  if j.regime == SYNTHETIC})  # fmt: skip
+        claims.add_claims(record)
+    return record
+
+
+def add_text_to_record(record: RunRecord, cfg: DarexConfig, results: dict[tuple, dict]) -> None:
+    """Measurements of the real regime from ``results[(seed, model, part, rate)]`` (what :func:`text_job` returned)."""
+    metric, seeds = cfg.text.metric, list(cfg.seeds)
+    unit = "%" if metric == "accuracy" else ""
+    masks = mask_ids(seeds, cfg.prune.mask_seeds)
+    refs = {(s, model): results[(s, model, "references", None)] for s in seeds for model in text_models(cfg)}
+    record.extra.update(mask_seeds=list(cfg.prune.mask_seeds), metric=metric, methods=METHODS,
+                        sizes=refs[(seeds[0], STANDARD)]["sizes"])  # fmt: skip
+    for model in text_models(cfg):
+        for setting in (unpruned_setting(model), *([DROPPED] if model == STANDARD else [])):
+            record.add(REFERENCE_TABLE, setting, metric, [refs[(s, model)]["refs"][setting] for s in seeds],
+                       seeds=seeds, unit=unit)  # fmt: skip
+    for model in text_models(cfg):
+        at = {p: [results[(s, model, "rate", p)] for s in seeds] for p, _ in text_plan(cfg, model)}
+        for method in METHODS:
+            for p, runs in at.items():
+                if method not in runs[0]["scores"]:
+                    continue
+                random = method in RANDOM_METHODS
+                record.add(model_table(TEXT, model), METHODS[method], rate_metric(metric, p),
+                           [v for r in runs for v in r["scores"][method]], seeds=masks if random else seeds,
+                           unit=unit)  # fmt: skip
+        for p, runs in at.items():
+            if "val_dare" in runs[0]:
+                record.add(model_table(TEXT, model), METHODS["dare"], validation_metric(metric, p),
+                           [v for r in runs for v in r["val_dare"]], seeds=masks, unit=unit)  # fmt: skip
+    for model in text_models(cfg):
+        at = {p: [results[(s, model, "rate", p)] for s in seeds] for p, _ in text_plan(cfg, model)}
+        suffix = "" if model == STANDARD else f" ({model})"
+        for method in METHODS:
+            for p, runs in at.items():
+                if method != "dare" and method in runs[0]["inv_q"]:
+                    record.add(Q_TABLE, METHODS[method] + suffix, inv_q_metric(p),
+                               [r["inv_q"][method] for r in runs], seeds=seeds)  # fmt: skip
+        for p, runs in at.items():
+            if runs[0]["eta"] is not None:
+                record.add(Q_TABLE, METHODS["darex_q_analytical"] + suffix, f"η at p={p}", [r["eta"] for r in runs],
+                           seeds=seeds)  # fmt: skip
+    p_max = cfg.prune.figure_rate
+    storage = results.get((seeds[0], STANDARD, "rate", p_max), {}).get("storage", {})
     for name, value in storage.items():
         record.add(STORAGE_TABLE, name, "MB", value / 1e6, digits=3)
-    record.extra["delta_statistics"] = stats
-    record.extra["rescaling_curves"] = curves
-    record.extra["figure_rate"] = cfg.prune.figure_rate
-    _claims(record, cfg)
-    return record
+    record.extra["delta_statistics"] = {m: [refs[(s, m)]["stats"] for s in seeds] for m in text_models(cfg)}
+    record.extra["rescaling_curves"] = [refs[(s, STANDARD)]["curve"] for s in seeds]
+    record.extra["figure_rate"] = p_max
 
 
 def _storage_sizes(bench: Bench, pruned: Deltas) -> dict[str, float]:
@@ -470,7 +592,7 @@ def _storage_sizes(bench: Bench, pruned: Deltas) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Claims: verdicts computed from the record, with the rule stated next to each
+# Report
 
 
 def _m(record: RunRecord, table: str, setting: str, metric: str):
@@ -478,147 +600,6 @@ def _m(record: RunRecord, table: str, setting: str, metric: str):
         return record.get(table, setting, metric)
     except KeyError:
         return None
-
-
-DELTAS_MATTER = 2.0
-"""Points by which the unpruned model must beat the all-deltas-dropped one for the claims to be testable."""
-
-
-def collapse_and_recovery(ft: Measurement, dare_m: Measurement, darex_m: Measurement) -> tuple[str, str]:
-    """Evidence and verdict of "DARE collapses and DAREx-q recovers", with the rule stated in the evidence."""
-    drop, gain = ft.mean - dare_m.mean, darex_m.mean - dare_m.mean
-    noise = max(2 * dare_m.std, 2 * darex_m.std, 1.0)
-    collapsed, recovered = drop > 10.0, gain > noise
-    verdict = REPRODUCED if collapsed and recovered else PARTLY if (collapsed or recovered) else NOT_REPRODUCED
-    evidence = (
-        f"unpruned {format_mean_std(ft.values)}; DARE {format_mean_std(dare_m.values)} (drop {drop:.1f}); "
-        f"DAREx-q labelled {format_mean_std(darex_m.values)} (gain {gain:+.1f}). Rule: collapse = drop > 10 "
-        "points, recovery = gain > max(2 std, 1)"
-    )
-    return evidence, verdict
-
-
-def _claims(record: RunRecord, cfg: DarexConfig) -> None:
-    metric = cfg.text.metric
-    p = cfg.prune.figure_rate
-    ft = _m(record, REFERENCE_TABLE, "fine-tuned (unpruned)", metric)
-    at = {k: _m(record, MAIN_TABLE, METHODS[k], f"{metric}, p={p}") for k in METHODS}
-    fmt = lambda m: format_mean_std(m.values) if m else "n/a"  # noqa: E731
-    # The claims are about what pruning the deltas does. When the deltas carry nothing (the fine-tuned model
-    # scores no better than the pre-trained body with the fine-tuned head, e.g. the smoke preset's untrained
-    # tiny model), there is nothing to test.
-    dropped = _m(record, REFERENCE_TABLE, "pre-trained encoder + fine-tuned head (all deltas dropped)", metric)
-    deltas_matter = ft is not None and dropped is not None and ft.mean - dropped.mean > DELTAS_MATTER
-    inert = "" if deltas_matter else "; the deltas carry nothing here (unpruned ≈ all deltas dropped): not testable"
-
-    def verdict_if_testable(verdict: str) -> str:
-        return verdict if deltas_matter else NOT_TESTABLE
-
-    # C1: DARE collapses at extreme rates and DAREx-q recovers.
-    if ft and at["dare"] and at["darex_q_labelled"]:
-        evidence, verdict = collapse_and_recovery(ft, at["dare"], at["darex_q_labelled"])
-        record.claim(
-            f"DARE collapses at p = {p} and DAREx-q recovers",
-            paper_evidence="Abstract; Table 1 (DAREx-q > 30% over DARE on CoLA/SST-2 at high p; numbers not read)",
-            our_evidence=evidence + inert,
-            verdict=verdict_if_testable(verdict),
-        )
-    # C2: the label-free choice of q is close to the labelled one.
-    if at["darex_q_labelled"] and at["darex_q_unlabelled"]:
-        gap = at["darex_q_labelled"].mean - at["darex_q_unlabelled"].mean
-        inv_l = _m(record, Q_TABLE, METHODS["darex_q_labelled"], f"1/q at p={p} (DARE: {1 / (1 - p):.4g})")
-        inv_u = _m(record, Q_TABLE, METHODS["darex_q_unlabelled"], f"1/q at p={p} (DARE: {1 / (1 - p):.4g})")
-        close = abs(gap) <= max(2.0, 2 * at["darex_q_labelled"].std)
-        record.claim(
-            "The label-free choice of q (last-layer output change) is close to the labelled one",
-            paper_evidence="Fig. 1 (left): the output-change minimiser is 'an excellent proxy' for the best 1/q",
-            our_evidence=(f"labelled {fmt(at['darex_q_labelled'])} at 1/q {inv_l.mean:.1f}; label-free "
-                          f"{fmt(at['darex_q_unlabelled'])} at 1/q {inv_u.mean:.1f}; "
-                          f"rule: |gap| <= max(2, 2 std){inert}"),
-            verdict=verdict_if_testable(REPRODUCED if close else NOT_REPRODUCED),
-        )  # fmt: skip
-    # C3: large delta mean/variance breaks DARE (at moderate rates, where importance-based DPP does better;
-    # and more at the extreme rate than on the standard fine-tune).
-    stats = record.extra["delta_statistics"]
-    large_ft = _m(record, LARGE_TABLE, "fine-tuned (unpruned)", metric)
-    if "large-delta" in stats and large_ft and ft:
-        std_ratio = (
-            mean_std([s["std"] for s in stats["large-delta"]])[0] / mean_std([s["std"] for s in stats["standard"]])[0]
-        )
-
-        def drops(rate: float):
-            dare_l = _m(record, LARGE_TABLE, f"{METHODS['dare']}, p={rate}", metric)
-            dare_s = _m(record, MAIN_TABLE, METHODS["dare"], f"{metric}, p={rate}")
-            if not (dare_l and dare_s):
-                return None
-            return dare_l, large_ft.mean - dare_l.mean, ft.mean - dare_s.mean
-
-        moderate = [r for r in cfg.prune.large_delta_rates if r < p]
-        if moderate and drops(max(moderate)):
-            q_rate = max(moderate)
-            dare_l, drop_large, drop_std = drops(q_rate)
-            importance = [_m(record, LARGE_TABLE, f"{METHODS[k]}, p={q_rate}", metric) for k in ("magnitude", "wanda")]
-            best_imp = max((m for m in importance if m), key=lambda m: m.mean, default=None)
-            breaks = drop_large > drop_std + max(2 * dare_l.std, 2.0)
-            better = best_imp is not None and best_imp.mean > dare_l.mean + max(2 * dare_l.std, 1.0)
-            record.claim(
-                "Large delta mean/variance breaks DARE at moderate rates, where importance-based DPP does better",
-                paper_evidence="§3 (Theorem 3.1), §5 / Table 6 (numbers not read)",
-                our_evidence=(f"delta std ×{std_ratio:.1f}; at p={q_rate} DARE drops {drop_large:.1f} points on the "
-                              f"large-delta model vs {drop_std:.1f} on the standard one; best importance-based "
-                              f"{best_imp.mean if best_imp else math.nan:.1f} vs DARE {dare_l.mean:.1f}. Rule: breaks "
-                              f"= extra drop > max(2 std, 2), better = margin > max(2 std, 1){inert}"),
-                verdict=verdict_if_testable(
-                    REPRODUCED if breaks and better else PARTLY if (breaks or better) else NOT_REPRODUCED
-                ),
-            )  # fmt: skip
-        if p in cfg.prune.large_delta_rates and drops(p):
-            dare_l, drop_large, drop_std = drops(p)
-            worse = drop_large > drop_std + max(2 * dare_l.std, 2.0)
-            record.claim(
-                f"Larger deltas make DARE lose more at p = {p}",
-                paper_evidence="§3, Theorem 3.1: the bound on the output change grows with the deltas' mean and "
-                "variance",
-                our_evidence=(f"delta std ×{std_ratio:.1f}; DARE drops {drop_large:.1f} points from its unpruned "
-                              f"model on the large-delta fine-tune vs {drop_std:.1f} on the standard one. Rule: "
-                              f"extra drop > max(2 std, 2){inert}"),
-                verdict=verdict_if_testable(REPRODUCED if worse else NOT_REPRODUCED),
-            )  # fmt: skip
-    # C4: AdamR-L2 makes DARE robust at the extreme rate.
-    if cfg.finetune.adamr_lambdas and at["dare"] and ft:
-        best = max(
-            ((lam, _m(record, L2_TABLE, f"λ={lam}: DARE, p={p}", metric)) for lam in cfg.finetune.adamr_lambdas),
-            key=lambda t: t[1].mean if t[1] else -math.inf,
-        )
-        lam, dare_l2 = best
-        ft_l2 = _m(record, L2_TABLE, f"λ={lam}: fine-tuned (unpruned)", metric)
-        if dare_l2 and ft_l2:
-            gain = dare_l2.mean - at["dare"].mean
-            kept = ft_l2.mean - dare_l2.mean
-            robust = gain > max(2 * at["dare"].std, 2.0) or (kept < 2.0 and ft.mean - at["dare"].mean > 5.0)
-            room = ft.mean - at["dare"].mean > 2.0
-            record.claim(
-                f"AdamR-L2 fine-tuning makes DARE robust at p = {p}",
-                paper_evidence="Table 1 (DAREx-L2 > 35% over DARE on CoLA/SST-2; numbers not read)",
-                our_evidence=(f"best λ={lam}: DARE {fmt(dare_l2)} (its unpruned {fmt(ft_l2)}) vs DARE after AdamW "
-                              f"{fmt(at['dare'])} (unpruned {fmt(ft)}){inert}"),
-                verdict=verdict_if_testable((REPRODUCED if robust else NOT_REPRODUCED) if room else NOT_TESTABLE),
-            )  # fmt: skip
-
-
-# ----------------------------------------------------------------------------------------------------
-# Entry points
-
-
-def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
-    check_inputs(cfg)  # every model directory and data file the config names, before any work
-    if cfg.experiment == "synthetic":
-        return synthetic.run(cfg, ctx)
-    if cfg.experiment == "decoder":
-        from . import decoder
-
-        return decoder.run(cfg, ctx)
-    return run_text(cfg, ctx)
 
 
 def _wide_table(record: RunRecord, rates: list[float]) -> str:
@@ -684,10 +665,47 @@ def plot_rescaling(record: RunRecord, path: Path) -> Path:
 
 
 def report(record: RunRecord, out_dir: Path) -> str:
-    if record.config.get("experiment") == "synthetic":
-        return default_report(record, out_dir) + synthetic.report_markdown(record, out_dir)
-    if record.config.get("experiment") == "decoder":
-        return default_report(record, out_dir)
+    """The card's section for one record: provenance, each regime's tables and figures, then the claims."""
+    regimes = record.extra.get("regimes")
+    if not regimes:  # the decoder experiment, or a record from before the regimes were split
+        return render_record(record, heading_level=4)
+    provenance = render_record(dataclasses.replace(record, measurements=[], claims=[])).strip()
+    inside = record.extra.get("job_phases_s") or {}
+    if inside:
+        workers = record.extra.get("workers", 1)
+        provenance += (
+            f"<br>\nInside the jobs ({workers} worker process{'es' if workers > 1 else ''}, one torch thread each; "
+            "summed over the jobs): " + " · ".join(f"{name} {_duration(sec)}" for name, sec in inside.items())
+        )
+    parts = [provenance]
+    if TEXT in regimes:
+        parts.append(_text_section(record, out_dir))
+    if SYNTHETIC in regimes:
+        parts.append(
+            "#### Collapse regime: the research notes' synthetic MLP\n\n"
+            + synthetic.report_markdown(record, out_dir)
+            + "\n\n"
+            + _tables(record, lambda t: t.startswith(SYNTHETIC_PREFIX), strip=SYNTHETIC_PREFIX)
+        )
+    if record.claims:
+        parts.append(f"#### Claims\n\n{claims_table(record.claims)}\n\n{RULES_MARKDOWN}\n\n{claims.MARGINS_MARKDOWN}")
+    return "\n\n".join(p.strip() for p in parts) + "\n"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _tables(record: RunRecord, keep: Callable[[str], bool], strip: str = "") -> str:
+    """The default rendering of the measurements whose table ``keep`` accepts, as level-5 sections."""
+    chosen = [dataclasses.replace(m, table=m.table.removeprefix(strip)) for m in record.measurements if keep(m.table)]
+    if not chosen:
+        return ""
+    body = render_record(dataclasses.replace(record, measurements=chosen, claims=[]), heading_level=5)
+    return body.split("\n\n", 1)[1].strip()  # without the provenance line
+
+
+def _text_section(record: RunRecord, out_dir: Path) -> str:
     rates = record.config["prune"]["rates"]
     figures = out_dir / "figures"
     plot_methods_vs_rate(record, rates, figures / "metric_vs_rate.png")
@@ -698,16 +716,17 @@ def report(record: RunRecord, out_dir: Path) -> str:
         for name, runs in stats.items()
     ]
     sizes = record.extra["sizes"]
-    parts = [
-        default_report(record, out_dir).split("\n\n")[0],  # the provenance line
-        f"#### {MAIN_TABLE}\n\n{record.extra['metric']} on {sizes['test']} test examples, mean ± std over "
-        f"{len(record.extra['mask_seeds'])} masks × {len(record.seeds)} fine-tuning seed(s); q chosen with the first "
-        f"mask. The paper's table could not be read (paper.py), so there is no Paper column.\n\n"
-        + _wide_table(record, rates),
+    n_masks = len(record.extra["mask_seeds"]) * len(record.seeds)
+    return "\n\n".join([
+        f"#### Real regime: {text_regime_name(record.config)} (train {sizes['train']:,}, validation "
+        f"{sizes['val']:,}, test {sizes['test']:,} examples)",
+        f"##### {MAIN_TABLE}\n\n{record.extra['metric']} on {sizes['test']} test examples, mean ± std over "
+        f"{n_masks} masks ({len(record.extra['mask_seeds'])} per fine-tuning seed, {len(record.seeds)} seed(s)); "
+        f"each q is chosen once per model and rate on the {sizes['val']:,} validation examples, with a search "
+        "mask that is not among the scored ones. The paper's table could not be read (paper.py), so there is no "
+        "Paper column.\n\n" + _wide_table(record, rates),
         "![metric vs pruning rate](figures/metric_vs_rate.png)\n\n"
         "![Fig. 1 analogue: metric vs rescaling factor](figures/rescaling_factor.png)",
-        "#### Delta statistics\n\n" + md_table(["fine-tune", "mean", "mean |Δ|", "std", "max |Δ|"], stat_rows),
-    ]
-    rest = dataclasses.replace(record, measurements=[m for m in record.measurements if m.table != MAIN_TABLE])
-    parts.append(default_report(rest, out_dir).split("\n\n", 1)[1])
-    return "\n\n".join(parts) + "\n"
+        "##### Delta statistics\n\n" + md_table(["fine-tune", "mean", "mean |Δ|", "std", "max |Δ|"], stat_rows),
+        _tables(record, lambda t: not t.startswith(SYNTHETIC_PREFIX) and t != MAIN_TABLE),
+    ])  # fmt: skip

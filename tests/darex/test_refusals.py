@@ -123,7 +123,8 @@ def test_a_mismatch_inside_our_own_experiment_code_is_a_bug_not_a_user_error(tmp
     from darex import synthetic
 
     monkeypatch.setenv("PRUNE_REPRO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(synthetic, "_fine_tuned_pair", lambda cfg, seed: {})
+    monkeypatch.setenv("PRUNE_REPRO_WORKERS", "1")  # the jobs run in this process, where the patches apply
+    monkeypatch.setattr(synthetic, "_fine_tuned_pair", lambda cfg, seed, model, cache: {})
     monkeypatch.setattr(synthetic, "_load_pair", lambda states, cfg: (
         MLP(cfg.in_dim, cfg.hidden, cfg.depth, cfg.n_classes).eval(),
         MLP(cfg.in_dim, cfg.hidden, cfg.depth + 1, cfg.n_classes).eval(),

@@ -1,0 +1,99 @@
+"""The smoke preset end to end (both regimes in one record), with one worker process and with two."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from common.results import VERDICTS, load_record
+from common.runtime import generator
+from darex import claims, config, reproduce, synthetic
+from darex.method import dare
+from darex.regimes import SEARCH_MASK, SYNTHETIC, TEXT, mask_ids, model_table, reference_table
+from tests.test_cli import run_cli
+
+pytestmark = pytest.mark.e2e  # whole preset runs; `make test` skips them on its second kernel pass
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """The smoke preset with 1 worker (every job in this process) and with 2 worker processes, each from an
+    empty cache of its own (so the fine-tunes are trained in both)."""
+    out = {}
+    for workers in (1, 2):
+        root = tmp_path_factory.mktemp(f"w{workers}")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PRUNE_REPRO_CACHE", str(root / "cache"))
+            mp.setenv("PRUNE_REPRO_WORKERS", str(workers))
+            assert run_cli("reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(root)) == 0
+        out[workers] = root / "darex" / "smoke"
+    return out
+
+
+@pytest.mark.timeout(900)
+def test_one_and_two_workers_write_the_same_record(smoke_runs):
+    records = {}
+    for workers, out in smoke_runs.items():
+        record = json.loads((out / "record.json").read_text())
+        record.pop("provenance")  # timings
+        assert record["extra"].pop("workers") == workers
+        record["extra"].pop("job_phases_s")
+        records[workers] = record
+    assert records[1] == records[2]
+
+
+def test_smoke_record_holds_both_regimes_and_their_claims(smoke_runs):
+    record = load_record(smoke_runs[2])
+    cfg = config.smoke()
+    assert record.extra["regimes"] == [TEXT, SYNTHETIC] and record.extra["workers"] == 2
+    masks = mask_ids(cfg.seeds, cfg.prune.mask_seeds)
+    assert all(m % 1000 != SEARCH_MASK for m in masks)
+    for regime in (TEXT, SYNTHETIC):
+        dare_m = record.get(model_table(regime, "standard"), "DARE (1/(1-p))", "accuracy, p=0.99")
+        assert dare_m.seeds == masks, "random methods are recorded per mask: the replication unit"
+        assert record.get(reference_table(regime), "fine-tuned (unpruned)", "accuracy").seeds == list(cfg.seeds)
+    ids = [c.id for c in record.claims]
+    assert ids == [f"C{i}-{s}" for i in range(1, 6) for s in ("mlp", "rt")]
+    for c in record.claims:
+        assert c.verdict in VERDICTS and c.precondition and c.effect and c.n == len(masks)
+        assert c.stats["seeds_a"] == masks[: len(masks) // 2] and c.stats["seeds_b"] == masks[len(masks) // 2 :]
+    # The tiny BERT's deltas carry nothing: every claim of the real regime is not testable.
+    assert {c.verdict for c in record.claims if c.id.endswith("-rt")} == {"not testable here"}
+    # The verdicts are re-derived from the saved record alone.
+    assert [j.judgement.verdict for j in claims.judge(record)] == [c.verdict for c in record.claims]
+
+
+def test_smoke_report_shows_both_regimes(smoke_runs):
+    text = (smoke_runs[1] / "results.md").read_text()
+    for heading in ("#### Real regime: tiny-bert on Rotten Tomatoes", "#### Collapse regime", "#### Claims"):
+        assert heading in text
+    assert "Inside the jobs (1 worker process" in text and "DAREx's decision margins" in text
+    for figure in ("metric_vs_rate.png", "rescaling_factor.png", "accuracy_vs_rescaling.png"):
+        assert (smoke_runs[1] / "figures" / figure).is_file()
+
+
+def test_rescaling_one_drawn_mask_is_dare_with_that_q_exactly():
+    """The collapse regime draws each mask once (q = 1) and divides by q: bit for bit ``dare(deltas, p, q)``."""
+    deltas = {"a": torch.randn(64, 32, generator=generator(0)), "b": torch.randn(32, generator=generator(1))}
+    kept = dare(deltas, 0.9, 1.0, generator(7))
+    for q in (0.1, 0.37, 1.0):
+        expected = dare(deltas, 0.9, q, generator(7))
+        for name in deltas:
+            assert torch.equal(kept[name] / q, expected[name])
+
+
+def test_jobs_cover_every_model_and_rate():
+    cfg = config.mini()
+    text_train, text_prune = reproduce.text_jobs(cfg)
+    syn_train, syn_prune = synthetic.jobs(cfg)
+    assert {j.model for j in text_train} == {"standard", "large-delta", "adamr-l2 λ=0.1"}
+    assert {(j.model, j.rate) for j in text_prune if j.part == "rate"} == {
+        *(("standard", p) for p in cfg.prune.rates),
+        *(("large-delta", p) for p in cfg.prune.large_delta_rates),
+        ("adamr-l2 λ=0.1", cfg.prune.figure_rate),
+    }
+    assert [j.model for j in syn_train] == ["pretrained"]
+    assert [j.model for j in syn_prune] == ["standard", "large-delta", "adamr-l2 λ=0.01", "adamr-l2 λ=0.02"]
+    assert len(set(text_prune + syn_prune)) == len(text_prune) + len(syn_prune), "jobs are distinct"
