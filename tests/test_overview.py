@@ -16,7 +16,7 @@ from common.runtime import REPO_ROOT
 from common.stats import Test, mean_ci, replicate
 
 RESULTS = REPO_ROOT / "results"
-ID = re.compile(r"^C\d+[a-z]?$")
+ID = re.compile(r"^C\d+[a-z]?(-[a-z0-9]+)?$")  # C3, C3a, C1-mlp (a claim judged per regime)
 
 
 def test_committed_overview_matches_the_records():
@@ -34,7 +34,7 @@ def test_claim_ids_are_stable_names(paper):
             record = load_record(path)
             ids = [c.id for c in record.claims if c.id]
             assert len(ids) == len(set(ids)), f"{paper}/{preset}: duplicate claim ids {ids}"
-            assert all(ID.match(i) for i in ids), f"{paper}/{preset}: ids must look like C3 or C3a: {ids}"
+            assert all(ID.match(i) for i in ids), f"{paper}/{preset}: ids must look like C3, C3a or C1-mlp: {ids}"
             by_preset[preset] = {c.id: c for c in record.claims if c.id}
     if {"smoke", "mini"} <= by_preset.keys():
         for cid in by_preset["smoke"].keys() & by_preset["mini"].keys():
