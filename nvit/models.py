@@ -97,6 +97,12 @@ def vit_macs(dims: ViTDims) -> float:
     return embed + heads + sum(block_macs(*dims.block(i), dims.tokens) for i in range(dims.depth))
 
 
+def _unpruned(*masks: torch.Tensor) -> bool:
+    """Whether no unit of these masks is pruned. Multiplying by an all-ones mask changes nothing (x * 1.0 == x
+    exactly, gradients too), so the forward pass skips it: a dense or converted model pays no mask cost."""
+    return all(bool(m.all()) for m in masks)
+
+
 class MaskedLayerNorm(nn.LayerNorm):
     """LayerNorm over the kept EMB channels only (pruned channels output 0); plain LayerNorm when none is pruned."""
 
@@ -126,12 +132,16 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         h, dq, dv = self.num_heads, self.qk_dim, self.v_dim
-        qk_gate = self.head_mask[:, None] * self.qk_mask[None, :]
-        q = (self.q(x).view(b, t, h, dq) * qk_gate).transpose(1, 2)
-        k = (self.k(x).view(b, t, h, dq) * qk_gate).transpose(1, 2)
-        v = (self.v(x).view(b, t, h, dv) * (self.head_mask[:, None] * self.v_mask[None, :])).transpose(1, 2)
-        attn = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, t, h * dv))
+        q, k, v = self.q(x).view(b, t, h, dq), self.k(x).view(b, t, h, dq), self.v(x).view(b, t, h, dv)
+        if not _unpruned(self.head_mask, self.qk_mask, self.v_mask):
+            qk_gate = self.head_mask[:, None] * self.qk_mask[None, :]
+            q, k, v = q * qk_gate, k * qk_gate, v * (self.head_mask[:, None] * self.v_mask[None, :])
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if dq == dv:  # torch's fused kernel (same result up to float rounding; ~30% faster fwd+bwd on the CPU)
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:  # the fused CPU kernel needs equal QK and V widths; this is what it computes
+            out = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, t, h * dv))
 
 
 class Mlp(nn.Module):
@@ -142,7 +152,8 @@ class Mlp(nn.Module):
         self.register_buffer("mlp_mask", torch.ones(hidden))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)) * self.mlp_mask)
+        hidden = F.gelu(self.fc1(x))
+        return self.fc2(hidden if _unpruned(self.mlp_mask) else hidden * self.mlp_mask)
 
 
 class Block(nn.Module):
@@ -196,10 +207,19 @@ class FlexViT(nn.Module):
     def _emb_mask(self) -> torch.Tensor | None:
         return None if bool(self.emb_mask.all()) else self.emb_mask
 
+    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """``patch_embed.proj`` (a conv with kernel = stride = patch size) applied as the matrix product it is, on
+        the non-overlapping patches: the same numbers up to float rounding, ~3x faster fwd+bwd than the CPU conv
+        for these tiny inputs. Returns (batch, patches, EMB)."""
+        conv = self.patch_embed.proj
+        p, (b, c, hh, ww) = self.dims.patch_size, x.shape
+        patches = x.reshape(b, c, hh // p, p, ww // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * p * p)
+        return F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+
     def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits of the class token and (with a distillation token) of the distillation token."""
         mask = self._emb_mask()
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        x = self.embed_patches(x)
         prefix = [self.cls_token.expand(x.shape[0], -1, -1)]
         if self.dist_token is not None:
             prefix.append(self.dist_token.expand(x.shape[0], -1, -1))
@@ -280,6 +300,8 @@ class FlexViT(nn.Module):
     @torch.no_grad()
     def apply_masks_(self) -> FlexViT:
         """Zero every pruned weight in place (after each optimiser step; NViT's ``enforce_pruning``)."""
+        if _all_kept(self):
+            return self  # nothing is pruned: multiplying by ones would change nothing
         masks = self.param_masks()
         for name, p in self.named_parameters():
             if name in masks:

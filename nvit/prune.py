@@ -36,7 +36,7 @@ from .method import (
     uniform_keep_counts,
 )
 from .models import FlexViT, ViTDims, vit_macs
-from .train import autocast, kd_objective, make_optimizer
+from .train import autocast, kd_objective, make_optimizer, unpack
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +174,14 @@ def prune(
     for step in range(1, s.max_steps + 1):
         model.train()
         for _ in range(s.interval):
-            x, y = next(stream)
-            x, y = x.to(device), y.to(device)
+            x, y, t_logits = unpack(next(stream), device)  # t_logits: the teacher's, precomputed, or None
             if mixup is not None:
+                if t_logits is not None:
+                    raise ValueError("precomputed teacher logits cannot be used with mixup/cutmix")
                 x, y = mixup(x, y)
             with autocast(device, amp):
                 loss = kd_objective(model, x, y, teacher=teacher, kl_coeff=s.kl_coeff, tau=s.tau, kd=kd,
-                                    cnn_teacher=cnn_teacher)  # fmt: skip
+                                    cnn_teacher=cnn_teacher, teacher_logits=t_logits)  # fmt: skip
             value = float(loss.detach())
             check_finite(value, step=batches_used, where=where)
             opt.zero_grad(set_to_none=True)
@@ -196,7 +197,14 @@ def prune(
                 redraw_random_scores(groups, rng)
             if s.eta:
                 dims = model.current_dims()
-                apply_latency_term(groups, lambda layer, n, d=dims: lut.saving(d, layer, n, s.bonus_floor), 0.0)
+                memo: dict = {}  # a saving depends only on (layer, n) within a step: the same value, looked up once
+
+                def saving(layer, n, d=dims, memo=memo):
+                    if (layer, n) not in memo:
+                        memo[layer, n] = lut.saving(d, layer, n, s.bonus_floor)
+                    return memo[layer, n]
+
+                apply_latency_term(groups, saving, 0.0)
                 if eta is None:
                     eta = calibrate_eta(groups, s.eta)
                     run.eta = eta

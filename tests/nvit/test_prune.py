@@ -175,7 +175,8 @@ def test_equal_kd_budget_is_at_least_every_runs_pruning_batches():
 
 
 def test_comparisons_pair_seeds_explicitly():
-    from nvit.reproduce import _compare, _paired
+    from common.stats import paired_difference
+    from nvit.claims import paired
 
     def entry(seed, a, b):
         snaps_b = [{"target": 0.5, "top1_ft": b}] if b is not None else []
@@ -183,11 +184,12 @@ def test_comparisons_pair_seeds_explicitly():
                                           "B": {"snapshots": snaps_b}}}  # fmt: skip
 
     per_seed = [entry(0, 80.0, 79.0), entry(1, 81.0, None), entry(2, 82.0, 81.0)]
-    a, b = _paired(per_seed, "A", "B", 0.5, "top1_ft")
+    a, b = paired(per_seed, "A", "B", 0.5, "top1_ft")
     assert a == [80.0, 82.0] and b == [79.0, 81.0]  # seed 1 has no B: dropped from both, not shifted
-    assert _compare(a, b)[0] == 1.0
+    assert paired(per_seed, "A", "B", 0.5, "top1_ft", seeds=[2]) == ([82.0], [81.0])  # a replication half
+    assert paired_difference(a, b).estimate == 1.0
     with pytest.raises(ValueError):
-        _compare([1.0, 2.0], [1.0])
+        paired_difference([1.0, 2.0], [1.0])
 
 
 def test_timm_vit_without_qkv_bias_gives_a_clear_error():
