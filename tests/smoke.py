@@ -7,6 +7,7 @@ from pathlib import Path
 
 from common.cli import main
 from common.results import RunRecord, load_record
+from common.runtime import REPO_ROOT
 
 
 def run_smoke(paper: str, results_dir: Path, *extra: str) -> Path:
@@ -24,4 +25,18 @@ def load_smoke_record(out: Path, paper: str) -> RunRecord:
     assert record.paper == paper and record.preset == "smoke" and record.seeds == [0]
     assert record.command == f"python -m {paper} reproduce --preset smoke"
     assert record.provenance["wall_time_s"] is not None
+    assert_claim_ids_stable(record)
     return record
+
+
+def assert_claim_ids_stable(record: RunRecord) -> None:
+    """A fresh run names its claims exactly as the committed record of the same preset does (the ids are what
+    users cite, results/README.md links to them, and they must survive a re-run)."""
+    committed = REPO_ROOT / "results" / record.paper / record.preset
+    if not (committed / "record.json").exists():
+        return
+    ids = [c.id for c in record.claims]
+    assert ids == [c.id for c in load_record(committed).claims], (
+        f"{record.paper}: claim ids of a fresh {record.preset} run {ids} differ from the committed record's; "
+        "ids are stable names: keep them, or re-run the preset and commit its record"
+    )

@@ -11,6 +11,7 @@ from common.cli import main, report_all
 from common.results import load_record, read_block
 from common.runtime import REPO_ROOT
 from darex import config, prune_cli, reproduce
+from tests.smoke import assert_claim_ids_stable
 
 
 def run_cli(*argv: str) -> int:
@@ -31,6 +32,7 @@ def test_smoke_run_writes_a_valid_record(smoke_results):
     assert {p.name for p in out_dir.iterdir()} >= {"record.json", "results.csv", "results.md"}
     record = load_record(out_dir)
     assert record.paper == "darex" and record.preset == "smoke"
+    assert_claim_ids_stable(record)
     assert record.command == "python -m darex reproduce --preset smoke"
     assert record.config == json.loads(json.dumps(record.config)) and len(record.config_hash) == 12
     assert record.provenance["wall_time_s"] > 0 and record.provenance["threads"] >= 1

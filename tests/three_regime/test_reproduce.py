@@ -13,6 +13,7 @@ from common.cli import main, report_all
 from common.data import DatasetNotFoundError
 from common.results import VERDICTS, load_record, read_block
 from common.runtime import REPO_ROOT
+from tests.smoke import assert_claim_ids_stable
 from three_regime import cli, config, reproduce
 
 pytestmark = pytest.mark.e2e  # whole preset runs; `make test` skips them on its second kernel pass
@@ -35,6 +36,7 @@ def test_smoke_preset_writes_a_valid_record(smoke_results):
     assert {p.name for p in out_dir.iterdir()} >= {"record.json", "results.csv", "results.md", "figures"}
     record = load_record(out_dir)
     assert record.paper == "three_regime" and record.preset == "smoke"
+    assert_claim_ids_stable(record)
     assert record.command == "python -m three_regime reproduce --preset smoke"
     assert record.config == json.loads(json.dumps(record.config)) and len(record.config_hash) == 12
     assert record.provenance["wall_time_s"] > 0
