@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
+import math
 import shlex
 import time
 from dataclasses import dataclass, replace
@@ -18,51 +20,55 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import runtime
+from common import parallel, runtime
 from common.cli import Command, RunContext
 from common.config import ConfigError, config_hash, get_preset, override, to_dict
 from common.errors import UserError, require_path
-from common.results import (
-    NOT_REPRODUCED,
-    NOT_TESTABLE,
-    PARTLY,
-    REPRODUCED,
-    RunRecord,
-    claims_table,
-    markdown_table,
-    render_record,
-)
+from common.results import NOT_TESTABLE, RunRecord, claims_table, markdown_table, render_record
+from common.stats import RULES_MARKDOWN
 
+from . import claims as claims_lib
 from . import config as config_lib
 from . import core, metrics
 from . import data as data_lib
 from . import train as train_lib
+from .claims import (
+    BASE,
+    BICUBIC,
+    DH,
+    DIRECT,
+    M_AREA,
+    M_BORDER,
+    M_EDGE,
+    M_HF,
+    M_KID,
+    M_KIDC,
+    M_OBJ,
+    M_PSNR,
+    M_SINGLE,
+    M_STRIPE,
+    M_TIME,
+    ONE_JUMP,
+    REAL,
+    SDEDIT,
+)
 from .config import DiffuseHighConfig, StageConfig
-from .models import PixelDenoiser, build_scheduler, count_params
+from .models import PixelDenoiser, build_scheduler, build_unet, count_params
 
 log = logging.getLogger(__name__)
 
-REAL = "real, rendered natively"
-BASE = "base samples (native resolution)"
-DIRECT = "direct sampling at the target size"
-BICUBIC = "bicubic upsampling"
-SDEDIT = "SDEdit: upsample + sharpen + noise + denoise (dwt_steps=0)"
-DH = "DiffuseHigh (progressive)"
-ONE_JUMP = "DiffuseHigh, one jump from the base"
-
-M_OBJ, M_SINGLE, M_AREA = "objects / image", "single-object share [%]", "largest object [area fraction]"
-M_PSNR, M_HF, M_KID, M_KIDC, M_TIME = (
-    "LR-PSNR [dB]", "high-pass energy [x1e-3]", "KID x1e3 (whole)", "KID x1e3 (crops)", "time / image [s]",
-)  # fmt: skip
-METRIC_ORDER = (M_OBJ, M_SINGLE, M_AREA, M_PSNR, M_HF, M_KID, M_KIDC, M_TIME)
+# Condition and metric names live with the claims that read them (diffusehigh.claims).
+M_TIME_NOTE = "timed in the main process, no workers running"
+METRIC_ORDER = (M_OBJ, M_SINGLE, M_AREA, M_PSNR, M_EDGE, M_HF, M_STRIPE, M_BORDER, M_KID, M_KIDC, M_TIME)
 GRID_FILE = "figures/sample_grid.png"
 GRID_DPI = 80
 """Resolution of the sample grid (keeps the committed PNG small)."""
 GRID_ROWS = [BASE, BICUBIC, DIRECT, SDEDIT, DH, ONE_JUMP, REAL]
 NOISE_FILE = "figures/noise_level_ablation.png"
-MIN_GAP_CLOSED = 0.10
-"""Smallest effect that counts for the sharpening claim: the share of the gap between the unsharpened run's
-high-pass energy and the real images' that sharpening must close (below it: "partly", small effect)."""
+JUMP_REFERENCE_IMAGES = 64
+"""Real references rendered at a size only the jump test uses (e.g. 256x256; KID is not computed there)."""
+TIMING_SEED = 90_000
+"""Seed of the timed batches (independent of the sampling seeds; the timed images are not measured)."""
 
 
 def main_table(size: int, factor: float) -> str:
@@ -73,58 +79,102 @@ def ablation_table(size: int, factor: float) -> str:
     return f"Ablations at {factor:g}x ({size}x{size})"
 
 
+def jump_table(size: int, factor: float) -> str:
+    return f"Progressive vs one jump at {factor:g}x ({size}x{size})"
+
+
+def band_table(size: int, factor: float) -> str:
+    return f"Detail by frequency band at {factor:g}x ({size}x{size}): variance per radial band [x1e-3]"
+
+
+def band_names(edges: tuple[float, ...]) -> list[str]:
+    """Column names of the band table: ``"< 0.045"``, ``"0.045-0.09"``, ..., ``"> 0.32"`` (cycles/px)."""
+    bounds = [f"{e:g}" for e in edges]
+    return [f"< {bounds[0]}", *[f"{a}-{b}" for a, b in itertools.pairwise(bounds)], f"> {bounds[-1]}"]
+
+
+def progressive_name(path: tuple[float, ...]) -> str:
+    return "DiffuseHigh, progressive " + " -> ".join(f"{f:g}x" for f in path)
+
+
+def one_jump_name(factor: float) -> str:
+    return f"DiffuseHigh, one jump to {factor:g}x"
+
+
 # ----------------------------------------------------------------------------------------------------
 # Conditions
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One generation recipe: direct sampling, bicubic, or DiffuseHigh through the stage ``path``."""
+    """One generation recipe: direct sampling, bicubic, or DiffuseHigh through the stage ``path``; on the first
+    ``images`` images of each seed's batch (0: all)."""
 
     kind: str  # "direct" | "bicubic" | "diffusehigh"
     path: tuple[float, ...] = ()
     stage: StageConfig | None = None
+    images: int = 0
 
     def key(self) -> str:
-        return runtime.key_hash([self.kind, self.path, None if self.stage is None else to_dict(self.stage)])
+        return runtime.key_hash(
+            [self.kind, self.path, None if self.stage is None else to_dict(self.stage), self.images]
+        )
 
 
 @dataclass
-class Outcome:
-    """Per-image metric arrays of one variant at one target factor, pooled over seeds (seed index kept)."""
+class Plan:
+    """The conditions of every table: ``tables[kind][factor][row name] = variant`` (kind: main, ablation, jump)."""
 
-    per_image: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
-    per_seed: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    tables: dict[str, dict[float, dict[str, Variant]]]
+    jump: tuple[float, str, str] | None
+    """(factor, progressive row, one-jump row) of the progressive-vs-one-jump test, if any."""
 
-    def add(self, name: str, values: np.ndarray) -> None:
-        self.per_image.setdefault(name, []).append(np.asarray(values, dtype=float))
-        self.per_seed.setdefault(name, []).append(float(np.mean(values)))
+    @property
+    def main(self) -> dict[float, dict[str, Variant]]:
+        return self.tables["main"]
 
-    def add_scalar(self, name: str, value: float) -> None:
-        self.per_seed.setdefault(name, []).append(float(value))
+    @property
+    def ablation(self) -> dict[float, dict[str, Variant]]:
+        return self.tables["ablation"]
 
-    def pooled(self, name: str) -> np.ndarray:
-        return np.concatenate(self.per_image[name])
+    def factors(self) -> list[float]:
+        return sorted({f for table in self.tables.values() for f in table})
+
+    def conditions(self) -> list[tuple[float, str, Variant]]:
+        """Every (factor, row, variant) once (a row in two tables is one condition)."""
+        seen, out = set(), []
+        for table in self.tables.values():
+            for f, conds in table.items():
+                for name, v in conds.items():
+                    if (f, name) not in seen:
+                        seen.add((f, name))
+                        out.append((f, name, v))
+        return out
+
+    def variants(self) -> dict[str, Variant]:
+        out: dict[str, Variant] = {}
+        for _, _, v in self.conditions():
+            out.setdefault(v.key(), v)
+        return out
 
 
-def plan(cfg: DiffuseHighConfig) -> tuple[dict[float, dict[str, Variant]], dict[float, dict[str, Variant]]]:
-    """The conditions of the main tables (per target factor) and of the ablation tables."""
-    s = cfg.stages
+def plan(cfg: DiffuseHighConfig) -> Plan:
+    """The conditions of the main tables (per target factor), the ablation tables and the jump test."""
+    s, a = cfg.stages, cfg.ablation
     path = tuple(s.scale_factors)
     main: dict[float, dict[str, Variant]] = {}
     for f in path:
         conds = {}
-        if "direct" in cfg.ablation.baselines:
-            conds[DIRECT] = Variant("direct", (f,))
-        if "bicubic" in cfg.ablation.baselines:
+        if "direct" in a.baselines:
+            conds[DIRECT] = Variant("direct", (f,), images=a.direct_samples)
+        if "bicubic" in a.baselines:
             conds[BICUBIC] = Variant("bicubic", (f,))
         conds[SDEDIT] = Variant("diffusehigh", path, replace(s, dwt_steps=0))
         conds[DH] = Variant("diffusehigh", path, s)
-        if cfg.ablation.one_jump and len(path) > 1 and f == path[-1]:
+        if a.one_jump and len(path) > 1 and f == path[-1]:
             conds[ONE_JUMP] = Variant("diffusehigh", (f,), s)
         main[f] = conds
     abl: dict[float, dict[str, Variant]] = {}
-    a = cfg.ablation
     for f in a.scale_factors:
         conds = {}
         for v in a.dwt_steps:
@@ -141,7 +191,18 @@ def plan(cfg: DiffuseHighConfig) -> tuple[dict[float, dict[str, Variant]], dict[
         for v in a.dwt_level:
             conds[f"DWT level {v}"] = Variant("diffusehigh", (f,), replace(s, dwt_level=v))
         abl[f] = conds
-    return main, abl
+    tables = {"main": main, "ablation": abl}
+    jump = None
+    if a.jump_factors and len(a.jump_factors) > 1:
+        jpath, f = tuple(a.jump_factors), a.jump_factors[-1]
+        prog, one = progressive_name(jpath), one_jump_name(f)
+        tables["jump"] = {f: {BICUBIC: Variant("bicubic", (f,), images=a.jump_samples),
+                              prog: Variant("diffusehigh", jpath, s, images=a.jump_samples),
+                              one: Variant("diffusehigh", (f,), s, images=a.jump_samples)}}  # fmt: skip
+        jump = (f, prog, one)
+    elif ONE_JUMP in main.get(path[-1], {}):
+        jump = (path[-1], DH, ONE_JUMP)
+    return Plan(tables, jump)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -149,7 +210,7 @@ def plan(cfg: DiffuseHighConfig) -> tuple[dict[float, dict[str, Variant]], dict[
 
 
 class PixelExperiment:
-    """Generates every variant for one seed and measures it (images kept only for the sample grid)."""
+    """Generates every variant for one seed (the base samples, the stages, the baselines)."""
 
     def __init__(self, cfg: DiffuseHighConfig, unet, device: torch.device):
         self.cfg, self.device = cfg, device
@@ -158,53 +219,54 @@ class PixelExperiment:
         self.denoise = PixelDenoiser(unet, alphas.to(device), cfg.model.prediction_type, cfg.model.clip_x0)
         self.base_levels = core.ddim_levels(alphas, cfg.model.num_inference_steps)
         self.res = cfg.model.resolution
-        self.memo: dict[tuple, tuple[torch.Tensor, float, torch.Tensor]] = {}
+        self.memo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def size(self, factor: float) -> tuple[int, int]:
         return core.stage_sizes((self.res, self.res), (factor,))[0]
 
-    def base(self, seed: int) -> torch.Tensor:
-        n = self.cfg.num_samples
+    def base(self, seed: int, n: int | None = None) -> torch.Tensor:
+        n = self.cfg.num_samples if n is None else n
         g = runtime.generator(seed)
         x = core.sample(self.denoise, (n, 3, self.res, self.res), self.base_levels, g, self.device)
         return x.clamp(-1, 1)
 
-    def run(self, variant: Variant, base: torch.Tensor, seed: int) -> dict[float, tuple[torch.Tensor, float]]:
-        """Images in [-1, 1] at every factor of the variant's path with the cumulative wall time per image."""
-        n = len(base)
+    def run(self, variant: Variant, base: torch.Tensor, seed: int) -> dict[float, torch.Tensor]:
+        """Images in [-1, 1] at every factor of the variant's path.
+
+        A DiffuseHigh stage already computed for this seed (the same stage settings, path prefix and batch) is taken
+        from the memo with the generator state after it, so a shared prefix (the 2x stage of the 4x progressive run,
+        the main stages of the jump path) is sampled once; a variant on fewer ``images`` runs its first stage that
+        is not in the memo on the first ``images`` images of the batch.
+        """
         g = runtime.generator(seed + 10_000)  # the same noise and sharpening draws for every DiffuseHigh variant
-        start = time.perf_counter()
+        k = variant.images or len(base)
         if variant.kind == "direct":
             (f,) = variant.path
             h, w = self.size(f)
-            x = core.sample(self.denoise, (n, 3, h, w), self.base_levels, g, self.device).clamp(-1, 1)
-            return {f: (x, (time.perf_counter() - start) / n)}
+            return {f: core.sample(self.denoise, (k, 3, h, w), self.base_levels, g, self.device).clamp(-1, 1)}
         if variant.kind == "bicubic":
             (f,) = variant.path
-            x = core.upsample(base, self.size(f), "bicubic").clamp(-1, 1)
-            return {f: (x, (time.perf_counter() - start) / n)}
+            return {f: core.upsample(base[:k], self.size(f), "bicubic").clamp(-1, 1)}
         stage = variant.stage
         levels = core.levels_from_sigma(self.alphas, stage.noise_sigma, stage.stage_steps)
-        out, current, spent = {}, base, 0.0
+        out, current = {}, base
         stage_key = runtime.key_hash(to_dict(stage))
-        for k, f in enumerate(variant.path):
-            memo_key = (seed, stage_key, variant.path[: k + 1])
-            if memo_key in self.memo:  # a shared prefix (e.g. the 2x stage of the 4x progressive run)
-                current, spent, state = self.memo[memo_key]
+        for i, f in enumerate(variant.path):
+            memo_key = (seed, stage_key, variant.path[: i + 1], len(current))
+            if memo_key not in self.memo and len(current) > k:
+                current = current[:k]
+                memo_key = (seed, stage_key, variant.path[: i + 1], k)
+            if memo_key in self.memo:
+                current, state = self.memo[memo_key]
                 g.set_state(state)
             else:
-                t0 = time.perf_counter()
                 current, _ = core.diffusehigh_stage(
                     current, self.size(f), self.denoise, levels, stage, g, clip_range=(-1.0, 1.0)
                 )
                 current = current.clamp(-1, 1)
-                spent += (time.perf_counter() - t0) / n
-                self.memo[memo_key] = (current, spent, g.get_state())
-            out[f] = (current, spent)
+                self.memo[memo_key] = (current, g.get_state())
+            out[f] = current[:k]
         return out
-
-    def forget(self, seed: int) -> None:
-        self.memo = {k: v for k, v in self.memo.items() if k[0] != seed}
 
 
 def sampling_phase(variant: Variant) -> str:
@@ -220,6 +282,140 @@ def sampling_phase(variant: Variant) -> str:
 
 def _to01(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
+
+
+class Measurer:
+    """The per-image metrics of a batch at one target factor (and KID per batch against the references)."""
+
+    def __init__(self, cfg: DiffuseHighConfig, net_state: dict | None, ref_feats: dict[float, tuple] | None):
+        self.mt = cfg.metrics
+        self.net = None
+        if net_state is not None:
+            self.net = metrics.FeatureNet()
+            self.net.load_state_dict(net_state)
+        self.ref_feats = ref_feats or {}
+        self.band_cols = band_names(cfg.metrics.band_edges)
+
+    def features(self, images01: torch.Tensor, crop_seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.net is None:
+            return None
+        size = min(self.mt.patch_size, images01.shape[-1])
+        crops = metrics.random_crops(images01, size, 4, crop_seed)
+        return metrics.features(self.net, images01), metrics.features(self.net, crops)
+
+    def __call__(self, images01: torch.Tensor, factor: float, lr01: torch.Tensor | None, seed: int):
+        """(per-image values by metric, per-batch KID by metric)."""
+        mt = self.mt
+        counts, area = metrics.count_objects(images01, mt)
+        out = {M_OBJ: counts, M_SINGLE: 100.0 * (counts == 1), M_AREA: area,
+               M_HF: 1e3 * metrics.highpass_energy(images01, mt.highpass_sigma),
+               M_STRIPE: 1e3 * metrics.stripe_energy(images01, mt.stripe_band),
+               M_BORDER: metrics.border_mean(images01), M_EDGE: metrics.edge_width(images01, mt)}  # fmt: skip
+        bands = 1e3 * metrics.band_energy(images01, mt.band_edges)
+        out |= {name: bands[:, i] for i, name in enumerate(self.band_cols)}
+        if lr01 is not None:
+            out[M_PSNR] = metrics.lr_psnr(images01, lr01[: len(images01)])
+        kid = {}
+        if factor in self.ref_feats and len(images01) >= 2:
+            f = self.features(images01, 1000 + seed)
+            if f is not None:
+                ref = self.ref_feats[factor]
+                kid = {M_KID: 1e3 * metrics.kid(f[0], ref[0]), M_KIDC: 1e3 * metrics.kid(f[1], ref[1])}
+        return out, kid
+
+
+@dataclass
+class SeedResult:
+    """What one seed's job returns: per-image values and KID by condition, the grid images, its phase times."""
+
+    seed: int
+    values: dict[tuple[float, str], dict[str, np.ndarray]]
+    kid: dict[tuple[float, str], dict[str, float]]
+    grid: dict[str, torch.Tensor]
+    phases: dict[str, float]
+    denoiser_calls: int
+
+
+def seed_job(
+    cfg: DiffuseHighConfig,
+    unet_state: dict[str, torch.Tensor],
+    seed: int,
+    net_state: dict | None,
+    ref_feats: dict[float, tuple] | None,
+    device: str,
+    grid_images: int,
+) -> SeedResult:
+    """Everything one sampling seed needs: its base samples, every variant, and their metrics (a worker job of
+    :func:`common.parallel.map_jobs`: it depends on nothing but its arguments and seeds its own generators)."""
+    timer = runtime.PhaseTimer()
+    dev = torch.device(device)
+    unet = build_unet(cfg.model)
+    unet.load_state_dict(unet_state)
+    exp = PixelExperiment(cfg, unet.to(dev).eval(), dev)
+    measure = Measurer(cfg, net_state, ref_feats)
+    p = plan(cfg)
+    with timer.phase("sampling: base"):
+        base = exp.base(seed)
+    lr01 = _to01(base)
+    values, kid, grid = {}, {}, {}
+    with timer.phase("metrics"):
+        values[(1.0, BASE)], kid[(1.0, BASE)] = measure(lr01, 1.0, None, seed)
+    by_variant: dict[str, list[tuple[float, str]]] = {}
+    for f, name, v in p.conditions():
+        by_variant.setdefault(v.key(), []).append((f, name))
+    top = max(p.main)
+    for vkey, variant in p.variants().items():
+        with timer.phase(sampling_phase(variant)):
+            images = {f: _to01(x) for f, x in exp.run(variant, base, seed).items()}
+        with timer.phase("metrics"):
+            for f, name in by_variant[vkey]:
+                lr_ref = None if variant.kind == "direct" else lr01
+                values[(f, name)], kid[(f, name)] = measure(images[f], f, lr_ref, seed)
+                if grid_images and f == top and name in p.main[top]:
+                    grid[name] = images[f][:grid_images]
+    if grid_images:
+        grid[BASE] = lr01[:grid_images]
+    return SeedResult(seed, values, kid, grid, timer.breakdown(), exp.denoise.calls)
+
+
+def time_methods(cfg: DiffuseHighConfig, exp: PixelExperiment, top: float) -> dict:
+    """Seconds per image of the base samples, the DiffuseHigh stages up to ``top`` and direct sampling at ``top``,
+    timed in this process (no workers running) on ``metrics.timing_images`` images, ``timing_repeats`` times,
+    interleaved (base, stages, direct in every repeat), after one untimed warm-up call at every size."""
+    mt, s = cfg.metrics, cfg.stages
+    n, dev = mt.timing_images, exp.device
+    path = tuple(f for f in s.scale_factors if f <= top)
+    levels = core.levels_from_sigma(exp.alphas, s.noise_sigma, s.stage_steps)
+    sizes = [(exp.res, exp.res), *[exp.size(f) for f in path]]
+
+    def now() -> float:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter()
+
+    for h, w in sizes:  # warm-up: allocator and kernel selection at every size
+        exp.denoise(torch.zeros(n, 3, h, w, device=dev), float(levels.sigmas[0]), int(levels.timesteps[0]))
+    out = {"base": [], "diffusehigh": [], "direct": []}
+    for r in range(mt.timing_repeats):
+        g = runtime.generator(TIMING_SEED + r)
+        t0 = now()
+        base = exp.base(TIMING_SEED + r, n)
+        t1 = now()
+        current = base
+        for f in path:
+            current, _ = core.diffusehigh_stage(current, exp.size(f), exp.denoise, levels, s, g, clip_range=(-1.0, 1.0))
+            current = current.clamp(-1, 1)
+        t2 = now()
+        core.sample(exp.denoise, (n, 3, *exp.size(top)), exp.base_levels, g, dev)
+        t3 = now()
+        for name, seconds in (("base", t1 - t0), ("diffusehigh", t2 - t1), ("direct", t3 - t2)):
+            out[name].append(seconds / n)
+    steps = cfg.model.num_inference_steps
+    px_base = steps * exp.res**2
+    px_dh = px_base + sum(len(levels) * h * w for h, w in sizes[1:])
+    out |= {"images": n, "threads": torch.get_num_threads(),
+            "evaluated_pixels": {"diffusehigh": px_dh, "direct": steps * sizes[-1][0] * sizes[-1][1]}}  # fmt: skip
+    return out
 
 
 SDXL_VAE_FACTOR = 8
@@ -266,6 +462,18 @@ def validate_config(cfg: DiffuseHighConfig) -> None:
             )
     for i, f in enumerate(cfg.ablation.scale_factors):
         core.check_real(f, f"ablation.scale_factors[{i}]", 0.0, strict=True, error=error)
+    a, mt = cfg.ablation, cfg.metrics
+    for name in ("jump_samples", "direct_samples"):
+        core.check_int(getattr(a, name), f"ablation.{name}", 0, cfg.num_samples, error=error)
+    for i, f in enumerate(a.jump_factors):
+        core.check_real(f, f"ablation.jump_factors[{i}]", 0.0, strict=True, error=error)
+    core.check_int(mt.timing_images, "metrics.timing_images", 1, error=error)
+    core.check_int(mt.timing_repeats, "metrics.timing_repeats", 1, error=error)
+    edges = tuple(mt.band_edges)
+    if not edges or edges[0] <= 0 or any(b <= e for e, b in itertools.pairwise(edges)):
+        raise error(f"metrics.band_edges must be positive and increasing, got {edges}")
+    if len(mt.stripe_band) != 2 or not 0 < mt.stripe_band[0] < mt.stripe_band[1]:
+        raise error(f"metrics.stripe_band must be (low, high) with 0 < low < high, got {mt.stripe_band}")
     multiple = SDXL_VAE_FACTOR if m.backbone == "sdxl" else 1
     base = (m.resolution, m.resolution)
     if m.backbone == "sdxl" and m.resolution % multiple:
@@ -274,6 +482,11 @@ def validate_config(cfg: DiffuseHighConfig) -> None:
     core.check_stage_sizes(base, core.stage_sizes(base, s.scale_factors), multiple, "stages.scale_factors", error=error)
     for f in cfg.ablation.scale_factors:  # each ablation runs one stage from the base
         core.check_stage_sizes(base, core.stage_sizes(base, (f,)), multiple, "ablation.scale_factors", error=error)
+    if a.jump_factors:
+        if any(b <= f for f, b in itertools.pairwise(a.jump_factors)):
+            raise error(f"ablation.jump_factors must increase, got {a.jump_factors}")
+        core.check_stage_sizes(base, core.stage_sizes(base, a.jump_factors), multiple, "ablation.jump_factors",
+                               error=error)  # fmt: skip
     if m.backbone == "sdxl":
         if s.stage_steps > m.num_inference_steps:
             raise error(
@@ -309,369 +522,136 @@ def run(cfg: DiffuseHighConfig, ctx: RunContext) -> RunRecord:
     with ctx.phase("base model"):  # the committed checkpoint, the cache, or training it now
         unet, model_info = train_lib.get_base_model(cfg, ctx.preset, ctx.device, ctx.cache)
         exp = PixelExperiment(cfg, unet, ctx.device)
-    main, abl = plan(cfg)
-    factors = sorted(set(main) | set(abl))
+    p = plan(cfg)
+    measured = {1.0, *p.main, *p.ablation}  # sizes with the full reference sets and KID
     record = ctx.new_record()
+    sizes = {1.0: exp.res, **{f: exp.size(f)[0] for f in p.factors()}}
 
-    # References rendered natively at every size, a second independent set as the KID floor, feature net.
-    sizes = {1.0: exp.res, **{f: exp.size(f)[0] for f in factors}}
+    # References rendered natively at every size; a second independent set is measured like the samples (and its
+    # KID to the first is the floor).
+    def reference_count(f: float) -> int:
+        return dc.num_reference_images if f in measured else min(dc.num_reference_images, JUMP_REFERENCE_IMAGES)
+
     with ctx.phase("metrics"):
-        refs = {
-            f: data_lib.render_set(dc.num_reference_images, s, dc, data_lib.reference_seed(dc, s))
-            for f, s in sizes.items()
-        }
-        refs2 = {  # an independent real set: its KID to the references is the floor
-            f: data_lib.render_set(dc.num_reference_images, s, dc, data_lib.reference_seed(dc, s) + 1)
-            for f, s in sizes.items()
-        }
-    net = None
+        refs = {f: data_lib.render_set(dc.num_reference_images, sizes[f], dc, data_lib.reference_seed(dc, sizes[f]))
+                for f in sorted(measured)}  # fmt: skip
+        refs2 = {f: data_lib.render_set(reference_count(f), s, dc, data_lib.reference_seed(dc, s) + 1)
+                 for f, s in sizes.items()}  # fmt: skip
+    net_state = None
     if mt.kid_feature_steps > 0:
-        # Trained at every evaluated size (and the crop size): whole-image KID at 128x128 uses the same net.
-        res_list = tuple(sorted({*sizes.values(), min(mt.patch_size, max(sizes.values()))}))
+        # Trained at every measured size (and the crop size): whole-image KID at 128x128 uses the same net.
+        res_list = tuple(sorted({*(sizes[f] for f in measured), min(mt.patch_size, max(sizes[f] for f in measured))}))
         key = {"data": to_dict(dc), "steps": mt.kid_feature_steps, "res": res_list, "format": 1}
         with ctx.phase("feature net"):  # KID's features (cached)
-            state = ctx.cache.get_or_create(
+            net_state = ctx.cache.get_or_create(
                 "kid_net", key, lambda: metrics.train_feature_net(dc, mt.kid_feature_steps, res_list)
             )
-            net = metrics.FeatureNet()
-            net.load_state_dict(state)
-
-    def feats(images01: torch.Tensor, crop_seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if net is None:
-            return None
-        size = min(mt.patch_size, images01.shape[-1])
-        return metrics.features(net, images01), metrics.features(
-            net, metrics.random_crops(images01, size, 4, crop_seed)
-        )
-
+    measure = Measurer(cfg, net_state, None)
     with ctx.phase("metrics"):
-        ref_feats = {f: feats(refs[f], 7) for f in sizes}
+        ref_feats = {f: measure.features(refs[f], 7) for f in refs} if net_state is not None else None
+        measure.ref_feats = ref_feats or {}
+        real = {f: measure(refs2[f], f, None, 0) for f in sizes}  # (per-image values, KID floor)
 
-    outcomes: dict[tuple[float, str], Outcome] = {}
-    grid: dict[str, torch.Tensor] = {}
-
-    def measure(images01: torch.Tensor, factor: float, lr01: torch.Tensor | None, seed: int) -> dict[str, np.ndarray]:
-        counts, area = metrics.count_objects(images01, mt)
-        out = {M_OBJ: counts, M_SINGLE: 100.0 * (counts == 1), M_AREA: area,
-               M_HF: 1e3 * metrics.highpass_energy(images01, mt.highpass_sigma)}  # fmt: skip
-        if lr01 is not None:
-            out[M_PSNR] = metrics.lr_psnr(images01, lr01)
-        f = feats(images01, 1000 + seed)
-        if f is not None:
-            out[M_KID] = np.asarray([1e3 * metrics.kid(f[0], ref_feats[factor][0])])
-            out[M_KIDC] = np.asarray([1e3 * metrics.kid(f[1], ref_feats[factor][1])])
-        return out
-
-    def store(factor: float, name: str, values: dict[str, np.ndarray], time_per_image: float | None) -> None:
-        o = outcomes.setdefault((factor, name), Outcome())
-        for k, v in values.items():
-            o.add(k, v)
-        if time_per_image is not None:
-            o.add_scalar(M_TIME, time_per_image)
-
-    with ctx.phase("metrics"):
-        for f in sizes:  # the real references, measured like samples
-            values = measure(refs2[f], f, None, 0)
-            store(f, REAL, values, None)
-
-    variants: dict[str, Variant] = {}
-    for conds in (*main.values(), *abl.values()):
-        for v in conds.values():
-            variants.setdefault(v.key(), v)
-    log.info("%d distinct variants x %d seeds x %d images", len(variants), len(cfg.seeds), cfg.num_samples)
-    base_time = []
-    for seed in cfg.seeds:
-        with ctx.phase("sampling: base"):
-            t0 = time.perf_counter()
-            base = exp.base(seed)
-            base_time.append((time.perf_counter() - t0) / len(base))
-            lr01 = _to01(base)
-        with ctx.phase("metrics"):
-            store(1.0, BASE, measure(lr01, 1.0, None, seed), base_time[-1])
-        generated: dict[str, dict[float, tuple[torch.Tensor, float]]] = {}
-        for key, variant in runtime.progress(list(variants.items()), desc=f"seed {seed}: variants"):
-            with ctx.phase(sampling_phase(variant)):
-                generated[key] = {f: (_to01(x), t) for f, (x, t) in exp.run(variant, base, seed).items()}
-        exp.forget(seed)
-        with ctx.phase("metrics"):
-            for table_conds in (main, abl):
-                for f, conds in table_conds.items():
-                    for name, variant in conds.items():
-                        images01, t = generated[variant.key()][f]
-                        lr_ref = None if variant.kind == "direct" else lr01
-                        store(f, name, measure(images01, f, lr_ref, seed), t)
-                        if seed == cfg.seeds[0] and table_conds is main and f == max(main):
-                            grid[name] = images01[:6]
-        if seed == cfg.seeds[0]:
-            grid[BASE] = lr01[:6]
-            grid[REAL] = refs[max(main)][:6]
-
-    # Measurements: main tables, ablation tables.
+    # Every seed's sampling and metrics, in worker processes (one torch thread each) on CPU.
     seeds = list(cfg.seeds)
-    for f in sorted(main):
-        table = main_table(sizes[f], f)
-        for name in (REAL, BASE, *main[f]):
-            key = (1.0 if name == BASE else f, name)
-            _add_outcome(record, table, name, outcomes[key], seeds)
-    for f in sorted(abl):
-        table = ablation_table(sizes[f], f)
-        for name in abl[f]:
-            _add_outcome(record, table, name, outcomes[(f, name)], seeds)
+    workers = min(parallel.default_workers(), len(seeds)) if ctx.device.type == "cpu" else 1
+    state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
+    jobs = [(cfg, state, seed, net_state, ref_feats, str(ctx.device), 6 if seed == seeds[0] else 0) for seed in seeds]
+    with ctx.phase("sampling + metrics (workers)"):
+        results: list[SeedResult] = parallel.map_jobs(seed_job, jobs, workers=workers, desc="seeds")
 
-    with ctx.phase("metrics"):  # the claims' paired statistics
-        claims = judge_claims(cfg, outcomes, main, abl, sizes)
-    for c in claims:
-        record.claim(c["claim"], paper_evidence=c["paper"], our_evidence=c["evidence"], verdict=c["verdict"])
+    top = max(p.main)
+    timing = None
+    if "direct" in cfg.ablation.baselines:
+        with ctx.phase("timing"):  # alone, after the workers have finished
+            timing = time_methods(cfg, exp, top)
 
-    figure_dir = ctx.out_dir / "figures"
+    _add_measurements(record, cfg, p, sizes, real, results, timing)
+    record.extra.update(
+        per_image=_per_image(p, seeds, results),
+        reference={f"{f:g}x": {m: _mean(v) for m, v in real[f][0].items()} for f in sizes},
+        jump=None if p.jump is None else {"factor": p.jump[0], "progressive": p.jump[1], "one_jump": p.jump[2]},
+        timing=timing,
+    )
+    claims_lib.add_claims(record)
+
+    grid = {**results[0].grid, REAL: refs2[top][:6]} if results[0].grid else {}
     if grid:
         with ctx.phase("sample grid"):
-            _save_grid(grid, GRID_ROWS, figure_dir / "sample_grid.png",
-                       exp.size(max(main)))  # fmt: skip
+            _save_grid(grid, GRID_ROWS, ctx.out_dir / GRID_FILE, exp.size(top))
     levels = core.levels_from_sigma(exp.alphas, cfg.stages.noise_sigma, cfg.stages.stage_steps)
+    worker_phases: dict[str, float] = {}
+    for r in results:
+        for name, seconds in r.phases.items():
+            worker_phases[name] = round(worker_phases.get(name, 0.0) + seconds, 2)
     record.extra.update(
         base_model={k: v for k, v in model_info.items() if k not in ("train_key",)}
-        | {"params": count_params(unet), "denoiser_calls": exp.denoise.calls},
-        sizes={str(k): v for k, v in sizes.items()},
+        | {"params": count_params(unet), "denoiser_calls": sum(r.denoiser_calls for r in results)},
+        sizes={f"{k:g}": v for k, v in sizes.items()},
         grid_rows=[r for r in GRID_ROWS if r in grid],
         stage_levels={"timesteps": list(levels.timesteps), "sigmas": [round(s, 4) for s in levels.sigmas]},
+        workers=workers,
+        worker_phases_s=worker_phases,
     )  # fmt: skip
     return record
 
 
-def _add_outcome(record: RunRecord, table: str, name: str, outcome: Outcome, seeds: list[int]) -> None:
-    for metric in METRIC_ORDER:
-        if metric not in outcome.per_seed:
-            continue
-        values = outcome.per_seed[metric]
-        digits = 3 if metric in (M_AREA, M_KID, M_KIDC) else 2
-        note = "one timing per seed, this machine" if metric == M_TIME else ""
-        record.add(table, name, metric, values, seeds=seeds[: len(values)] if len(values) == len(seeds) else None,
-                   digits=digits, note=note)  # fmt: skip
+def _mean(values) -> float:
+    """The mean over the images that have a value (edge width is NaN where no object edge was found)."""
+    v = np.asarray(values, float)
+    return float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else math.nan
 
 
-# ----------------------------------------------------------------------------------------------------
-# Claims, from stated rules
+def _per_image(p: Plan, seeds: list[int], results: list[SeedResult]) -> dict:
+    """The per-image values the claims read (rounded), by condition, images in seed order."""
+    conditions = {}
+    for f, name in [(1.0, BASE), *[(f, n) for f, n, _ in p.conditions()]]:
+        per_seed = len(results[0].values[(f, name)][M_OBJ])
+        metrics_ = {m: claims_lib.round_values(np.concatenate([r.values[(f, name)][m] for r in results]))
+                    for m in claims_lib.PER_IMAGE_METRICS if m in results[0].values[(f, name)]}  # fmt: skip
+        conditions[claims_lib.key(f, name)] = {"per_seed": per_seed, "metrics": metrics_}
+    return {"seeds": seeds, "conditions": conditions}
 
 
-def paired_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Mean of a - b over paired images and its standard error."""
-    d = np.asarray(a, float) - np.asarray(b, float)
-    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
-    return float(d.mean()), se
+def _add_measurements(record: RunRecord, cfg: DiffuseHighConfig, p: Plan, sizes: dict, real: dict,
+                      results: list[SeedResult], timing: dict | None) -> None:  # fmt: skip
+    """The tables: per-seed means of every metric (KID per seed), the real references' single values, the timings."""
+    seeds = [r.seed for r in results]
+    band_cols = band_names(cfg.metrics.band_edges)
+    timed = {}
+    if timing is not None:
+        top = max(p.main)
+        time_note = f"{M_TIME_NOTE}; {len(timing['direct'])} repeats of {timing['images']} images"
+        timed = {(1.0, BASE): timing["base"], (top, DH): timing["diffusehigh"], (top, DIRECT): timing["direct"]}
 
-
-def _fmt(mean: float, se: float, unit: str = "") -> str:
-    return f"{mean:+.3g}{unit} (SE {se:.2g})"
-
-
-def judge_sharpening(cfg, outcomes, abl) -> list[dict[str, str]]:
-    """The sharpening claim from the alpha grid of the ablations (one dict, as :func:`judge_claims`)."""
-    rule2se = "Rule: a difference counts when |mean paired difference over images (pooled over seeds)| > 2 SE."
-    out = []
-    found = [
-        (f, conds)
-        for f, conds in abl.items()
-        if "sharpening alpha=0" in conds
-        and f"sharpening alpha={cfg.stages.sharpening_alpha:g}" in conds
-        and cfg.stages.sharpening_alpha > 0
-    ]
-    if not found:
-        out.append(dict(claim="Sharpening the upsampled image before noising restores sharper detail (added in v5)",
-                        paper="v5 Sec. 3; project page (qualitative)", evidence="alpha grid without 0 and the default",
-                        verdict=NOT_TESTABLE))  # fmt: skip
-    else:
-        f, _ = found[-1]
-        sh, ns = outcomes[(f, f"sharpening alpha={cfg.stages.sharpening_alpha:g}")], outcomes[(f, "sharpening alpha=0")]
-        real_f = outcomes[(f, REAL)].pooled(M_HF).mean()
-        d, se = paired_diff(sh.pooled(M_HF), ns.pooled(M_HF))  # the change sharpening makes, image by image
-        gap = real_f - ns.pooled(M_HF).mean()
-        closed = d / gap if gap != 0 else 0.0  # share of the gap to the real images' energy that it closes
-        dp, sep = paired_diff(sh.pooled(M_PSNR), ns.pooled(M_PSNR))
-        dobj, seo = paired_diff(np.abs(sh.pooled(M_OBJ) - 1), np.abs(ns.pooled(M_OBJ) - 1))
-        significant = abs(d) > 2 * se and closed > 0  # a real change, towards the real images
-        large = MIN_GAP_CLOSED <= closed < 2 - MIN_GAP_CLOSED  # closes >= 10% and does not overshoot past real
-        objects_worse = dobj > 2 * seo
-        if significant and large and not objects_worse:
-            verdict = REPRODUCED
-        elif significant and not objects_worse:
-            verdict = PARTLY
+    def add(table: str, band: str | None, f: float, name: str) -> None:
+        if name == REAL:
+            values, kid = real[f]
+            per_seed = {m: [_mean(v)] for m, v in values.items()} | {m: [v] for m, v in kid.items()}
+            use_seeds = None
         else:
-            verdict = NOT_REPRODUCED
-        size_txt = "" if not significant or large else " (small effect)" if closed < MIN_GAP_CLOSED else " (overshoot)"
-        out.append(dict(
-            claim="Sharpening the upsampled image before noising restores sharper detail (added in v5)",
-            paper="v5 Sec. 3; project page (qualitative)",
-            evidence=(f"At {f:g}x, alpha={cfg.stages.sharpening_alpha:g} vs alpha=0: high-pass energy "
-                      f"{sh.pooled(M_HF).mean():.2f} vs {ns.pooled(M_HF).mean():.2f} x1e-3 (real {real_f:.2f}); "
-                      f"paired change {_fmt(d, se)} x1e-3 = {100 * closed:.0f}% of the gap to the real images"
-                      f"{size_txt}; |objects - 1| {_fmt(dobj, seo)}, LR-PSNR {_fmt(dp, sep, ' dB')}. {rule2se} "
-                      f"Reproduced if sharpening moves the energy towards the real images' by > 2 SE, closes at least "
-                      f"{100 * MIN_GAP_CLOSED:.0f}% of the gap without overshooting, and does not make object counts "
-                      "worse; partly (small effect) if significant but below that size; otherwise not reproduced."),
-            verdict=verdict))  # fmt: skip
+            src = (1.0, BASE) if name == BASE else (f, name)
+            per_seed = {m: [_mean(r.values[src][m]) for r in results] for m in results[0].values[src]}
+            per_seed |= {m: [r.kid[src][m] for r in results] for m in results[0].kid[src]}
+            use_seeds = seeds
+        for m in METRIC_ORDER:
+            if m in per_seed and np.isfinite(per_seed[m]).all():  # edge width: no image with an edge -> no cell
+                digits = 3 if m in (M_AREA, M_KID, M_KIDC, M_STRIPE, M_BORDER) else 2
+                note = "mean over images with an object edge" if m == M_EDGE else ""
+                record.add(table, name, m, per_seed[m], seeds=use_seeds, digits=digits, note=note)
+        src = (1.0, BASE) if name == BASE else (f, name)
+        if src in timed:
+            record.add(table, name, M_TIME, timed[src], digits=3, note=time_note)
+        for m in band_cols if band else ():
+            if m in per_seed:
+                record.add(band, name, m, per_seed[m], seeds=use_seeds, digits=3)
 
-    return out
-
-
-def judge_claims(cfg, outcomes, main, abl, sizes) -> list[dict[str, str]]:
-    rule2se = "Rule: a difference counts when |mean paired difference over images (pooled over seeds)| > 2 SE."
-    out = []
-    top = max(main)
-    o = lambda name, f=top: outcomes.get((f, name))  # noqa: E731
-
-    # 1. Repetition.
-    direct, dh, base = o(DIRECT), o(DH), outcomes[(1.0, BASE)]
-    if direct is None:
-        out.append(dict(claim="Direct sampling above the training size repeats objects; DiffuseHigh does not",
-                        paper="Sec. 1 and qualitative figures; project page", evidence="direct sampling not run",
-                        verdict=NOT_TESTABLE))  # fmt: skip
-    else:
-        d, se = paired_diff(direct.pooled(M_OBJ), dh.pooled(M_OBJ))
-        s_dh, s_base = dh.pooled(M_SINGLE) / 100, base.pooled(M_SINGLE) / 100
-        ds, ses = paired_diff(s_dh, s_base)
-        more = d > 2 * se
-        keeps = ds > -2 * ses
-        verdict = REPRODUCED if more and keeps else PARTLY if more else NOT_REPRODUCED
-        out.append(dict(
-            claim="Direct sampling above the training size repeats objects; DiffuseHigh does not",
-            paper="Sec. 1, qualitative comparisons; project page",
-            evidence=(f"At {top:g}x: objects/image direct {direct.pooled(M_OBJ).mean():.2f} vs DiffuseHigh "
-                      f"{dh.pooled(M_OBJ).mean():.2f} (difference {_fmt(d, se)}); single-object share DiffuseHigh "
-                      f"{100 * s_dh.mean():.0f}% vs the base model's own {100 * s_base.mean():.0f}% (difference "
-                      f"{_fmt(100 * ds, 100 * ses, ' pp')}). {rule2se} Reproduced if direct has more objects AND "
-                      "DiffuseHigh's single-object share is not below the base samples'; partly if only the first."),
-            verdict=verdict))  # fmt: skip
-
-    # 2. Structure: DWT vs SDEdit at equal noise, at every main factor (LR-PSNR), plus a structure measure the
-    # method does not write (object count and largest-object area vs the guide's, seen at the target size).
-    parts, wins = [], 0
-    for f in sorted(main):
-        d, se = paired_diff(o(DH, f).pooled(M_PSNR), o(SDEDIT, f).pooled(M_PSNR))
-        wins += d > 2 * se
-        parts.append(f"{f:g}x: LR-PSNR DiffuseHigh - SDEdit = {_fmt(d, se, ' dB')}")
-
-    def guide_outcome(f: float) -> tuple[Outcome, str]:
-        if (f, BICUBIC) in outcomes:  # the guide as measured at the target size (bicubic upsample of the base)
-            return outcomes[(f, BICUBIC)], "bicubic-upsampled guide"
-        return outcomes[(1.0, BASE)], "base sample"
-
-    def closer(with_dwt: Outcome, without: Outcome, f: float) -> tuple[int, int, str]:
-        """(+1 significantly closer to the guide, -1 further, 0 neither) for objects and largest area."""
-        guide, gname = guide_outcome(f)
-        better = worse = 0
-        txt = []
-        for metric, label in ((M_OBJ, "|objects - guide's|"), (M_AREA, "|largest area - guide's|")):
-            g = guide.pooled(metric)
-            dd, sse = paired_diff(np.abs(with_dwt.pooled(metric) - g), np.abs(without.pooled(metric) - g))
-            better += dd < -2 * sse
-            worse += dd > 2 * sse
-            txt.append(f"{label} {_fmt(dd, sse)}")
-        return better, worse, f"{', '.join(txt)} (vs the {gname})"
-
-    struct_pairs = []  # (label, with DWT, without) at the stronger noise levels, else at the default
-    for f, conds in abl.items():
-        for v in cfg.ablation.noise_sigma:
-            na, nb = f"noise sigma={v:.2f}, dwt_steps={cfg.stages.dwt_steps}", f"noise sigma={v:.2f}, dwt_steps=0"
-            if na in conds and nb in conds and v > cfg.stages.noise_sigma:
-                struct_pairs.append((f"sigma {v:g} at {f:g}x", f, outcomes[(f, na)], outcomes[(f, nb)]))
-    if not struct_pairs:
-        struct_pairs = [(f"default sigma at {f:g}x", f, o(DH, f), o(SDEDIT, f)) for f in sorted(main)]
-    stronger, s_better, s_worse = [], 0, 0
-    for label, f, oa, ob in struct_pairs:
-        dd, sse = paired_diff(oa.pooled(M_PSNR), ob.pooled(M_PSNR))
-        b, w, txt = closer(oa, ob, f)
-        s_better, s_worse = s_better + b, s_worse + w
-        stronger.append(
-            f"{label}, with minus without DWT: LR-PSNR {_fmt(dd, sse, ' dB')}, {txt}; objects/image "
-            f"{oa.pooled(M_OBJ).mean():.2f} with vs {ob.pooled(M_OBJ).mean():.2f} without"
-        )
-    n = len(main)
-    independent = s_better > 0 and s_worse == 0
-    verdict = REPRODUCED if wins == n and independent else PARTLY if wins or independent else NOT_REPRODUCED
-    out.append(dict(
-        claim="DWT structure guidance keeps the low-resolution structure better than plain noising-denoising "
-              "(SDEdit) at the same noise level",
-        paper="Sec. 3 (structure guidance), ablation; project page",
-        evidence="; ".join(parts) + ". Structure not written by the method: " + "; ".join(stronger)
-                 + f". Caveat: LR-PSNR (downsampled output vs the guide) partly measures the low band that the "
-                 f"guidance overwrites, so its gain is partly by construction. {rule2se} Reproduced if LR-PSNR is "
-                 "higher at every target size AND the output's object count or largest-object area is closer to "
-                 "the guide's (at the stronger noise levels) and further on neither; partly if only one of the two.",
-        verdict=verdict))  # fmt: skip
-
-    # 3. Detail vs interpolation.
-    bic, real = o(BICUBIC), o(REAL)
-    if bic is None:
-        out.append(dict(claim="DiffuseHigh adds detail that interpolation lacks", paper="Sec. 1; figures",
-                        evidence="bicubic baseline not run", verdict=NOT_TESTABLE))  # fmt: skip
-    else:
-        real_hf = real.pooled(M_HF).mean()
-        d, se = paired_diff(np.abs(dh.pooled(M_HF) - real_hf), np.abs(bic.pooled(M_HF) - real_hf))
-        r_dh, r_bic = dh.pooled(M_HF).mean() / real_hf, bic.pooled(M_HF).mean() / real_hf
-        closer_hf = d < -2 * se
-        kid_txt, kid_better = "; crop-KID not computed", False
-        if M_KIDC in dh.per_seed and M_KIDC in bic.per_seed:
-            kd, kb = np.asarray(dh.per_seed[M_KIDC]), np.asarray(bic.per_seed[M_KIDC])
-            kid_better = bool(np.all(kd < kb))
-            kid_txt = (f"; crop-KID x1e3 DiffuseHigh {kd.mean():.1f} vs bicubic {kb.mean():.1f} "
-                       f"(lower in {int((kd < kb).sum())} of {len(kd)} seeds; real-vs-real floor "
-                       f"{np.mean(real.per_seed[M_KIDC]):.1f})")  # fmt: skip
-        out.append(dict(
-            claim="DiffuseHigh adds fine detail that interpolation lacks",
-            paper="Sec. 1 and 4 (qualitative); issue #7 on the official repo disputes it (blurry outputs)",
-            evidence=(f"At {top:g}x: DiffuseHigh has {100 * r_dh:.0f}% of the real {sizes[top]}x{sizes[top]} images' "
-                      f"high-pass energy, bicubic {100 * r_bic:.0f}%; |high-pass energy - real mean| DiffuseHigh minus "
-                      f"bicubic = {_fmt(d, se)} x1e-3{kid_txt}. {rule2se} Reproduced if DiffuseHigh's high-pass "
-                      "energy is closer to the real images' than bicubic's AND its crop-KID is lower in every seed "
-                      "(added energy alone, e.g. noise, does not count); partly if only the first."),
-            verdict=REPRODUCED if closer_hf and kid_better else PARTLY if closer_hf else NOT_REPRODUCED))  # fmt: skip
-
-    # 4. Sharpening (from the alpha grid of the ablations).
-    out += judge_sharpening(cfg, outcomes, abl)
-
-    # 5. Progressive vs one jump.
-    oj = o(ONE_JUMP)
-    if oj is None:
-        out.append(dict(claim="Progressive stages beat a single jump to the target size",
-                        paper="Sec. 3 (progressive design)", evidence="one-jump variant not run in this preset",
-                        verdict=NOT_TESTABLE))  # fmt: skip
-    else:
-        dobj, seo = paired_diff(np.abs(dh.pooled(M_OBJ) - 1), np.abs(oj.pooled(M_OBJ) - 1))
-        dhf, sehf = paired_diff(
-            np.abs(dh.pooled(M_HF) - real.pooled(M_HF).mean()), np.abs(oj.pooled(M_HF) - real.pooled(M_HF).mean())
-        )
-        dp, sep = paired_diff(dh.pooled(M_PSNR), oj.pooled(M_PSNR))
-        wins = (dobj < -2 * seo) + (dhf < -2 * sehf)
-        losses = (dobj > 2 * seo) + (dhf > 2 * sehf)
-        kid_txt = ""
-        if M_KIDC in dh.per_seed:
-            kid_txt = f"; crop-KID x1e3 {np.mean(dh.per_seed[M_KIDC]):.2f} vs {np.mean(oj.per_seed[M_KIDC]):.2f}"
-        out.append(dict(
-            claim="Progressive stages (x2 then x2) beat a single jump to the target size",
-            paper="Sec. 3 (progressive design); the old research configs used one jump",
-            evidence=(f"At {top:g}x, progressive minus one jump: |objects - 1| {_fmt(dobj, seo)}, |high-pass energy - "
-                      f"real| {_fmt(dhf, sehf)} x1e-3, LR-PSNR {_fmt(dp, sep, ' dB')}{kid_txt}. {rule2se} Reproduced "
-                      "if progressive is closer to the real images on objects or detail and further on neither; "
-                      "partly if mixed."),
-            verdict=REPRODUCED if wins and not losses else PARTLY if wins else NOT_REPRODUCED))  # fmt: skip
-
-    # 6. Cost.
-    if direct is None:
-        out.append(dict(claim="DiffuseHigh is cheaper than sampling at the target size", paper="Sec. 4 (efficiency)",
-                        evidence="direct sampling not run", verdict=NOT_TESTABLE))  # fmt: skip
-    else:
-        t_dh, t_direct = np.mean(dh.per_seed[M_TIME]), np.mean(direct.per_seed[M_TIME])
-        t_base = np.mean(base.per_seed[M_TIME])
-        out.append(dict(
-            claim="DiffuseHigh is cheaper than sampling directly at the target size",
-            paper="Sec. 4 (efficiency: only the last steps run at high resolution)",
-            evidence=(f"At {top:g}x, wall time per image (one run per seed, this CPU): DiffuseHigh stages {t_dh:.3f} s "
-                      f"(+ {t_base:.3f} s for the base image) vs direct {t_direct:.3f} s, i.e. "
-                      f"{t_direct / (t_dh + t_base):.1f}x faster including the base. Rule: reproduced if "
-                      "DiffuseHigh including the base is faster."),
-            verdict=REPRODUCED if t_dh + t_base < t_direct else NOT_REPRODUCED))  # fmt: skip
-    return out
+    for kind, make in (("main", main_table), ("ablation", ablation_table), ("jump", jump_table)):
+        for f, conds in sorted(p.tables.get(kind, {}).items()):
+            table, band = make(sizes[f], f), band_table(sizes[f], f)
+            rows = [REAL, BASE, *conds] if kind == "main" else [REAL, *conds] if kind == "jump" else list(conds)
+            for name in rows:
+                add(table, None if kind == "ablation" else band, f, name)  # no band table for the ablations
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -751,6 +731,11 @@ def _noise_figure(record: RunRecord, out_dir: Path) -> str | None:
 def report(record: RunRecord, out_dir: Path) -> str:
     """Wide tables (one row per method, one column per metric), the figures and the claims."""
     parts = [render_record(RunRecord(**{**vars(record), "measurements": [], "claims": []})).strip()]
+    workers = record.extra.get("worker_phases_s")
+    if workers:
+        shares = " · ".join(f"{name} {seconds:.0f} s" for name, seconds in workers.items())
+        parts.append(f"Worker time by phase ({record.extra.get('workers', '?')} worker process(es), one torch thread "
+                     f"each, summed over the seeds): {shares}.")  # fmt: skip
     base = record.extra.get("base_model", {})
     if base:
         train_txt = (f"trained {base.get('train_wall_time_s', '?')} s on {base.get('threads', '?')} thread(s)"
@@ -760,7 +745,17 @@ def report(record: RunRecord, out_dir: Path) -> str:
             + (f" (`{base['file']}`, sha256 `{base.get('sha256', '')[:16]}…`)" if "file" in base else "")
             + (f", {train_txt}" if train_txt else "")
             + ". Paper numbers: none verified (see `paper.py`), so no paper column. Each cell is the mean ± std over "
-            f"seeds ({', '.join(map(str, record.seeds))}); LR-PSNR is measured against each image's own base sample."
+            f"seeds ({', '.join(map(str, record.seeds))}) of the per-seed means; LR-PSNR is measured against each "
+            "image's own base sample; the claims' intervals are over images (see `claims.py`)."
+        )
+    gate = record.extra.get("quality_gate")
+    if gate:
+        parts.append(
+            f"Base-sample quality gate (base samples vs real images at the base resolution): single-object share "
+            f"{gate['single_share']:.0f}% (layout gate >= {claims_lib.GATE_SINGLE_MIN:g}%: "
+            f"{'holds' if gate['layout'] else 'fails'}); stripe energy {gate['stripe_ratio']:.0%} of real (>= "
+            f"{claims_lib.GATE_STRIPE_MIN:.0%}) and border mean {gate['border']:.2f} vs {gate['border_real']:.2f} "
+            f"(within {claims_lib.GATE_BORDER_MAX:g}): texture gate {'holds' if gate['texture'] else 'fails'}."
         )
     if (out_dir / GRID_FILE).exists():
         rows = ", ".join(record.extra.get("grid_rows", []))
@@ -772,7 +767,8 @@ def report(record: RunRecord, out_dir: Path) -> str:
     if fig:
         parts.append(f"![noise level ablation]({fig})")
     if record.claims:
-        parts.append(f"#### Claims\n\n{claims_table(record.claims)}")
+        rules = f"\n\n{RULES_MARKDOWN}" if any(c.effect for c in record.claims) else ""
+        parts.append(f"#### Claims\n\n{claims_table(record.claims)}{rules}")
     return "\n\n".join(parts) + "\n"
 
 
