@@ -122,6 +122,8 @@ def _selftest() -> None:
     }
     barrier()
     print("SELFTEST " + json.dumps(out), flush=True)
+    if world_size() > 1:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def test_two_cpu_processes_reduce_gather_and_shard():
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
            "common.distributed"]  # fmt: skip
-    out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = sorted((json.loads(line.split(" ", 1)[1]) for line in out.stdout.splitlines()
                     if line.startswith("SELFTEST ")), key=lambda r: r["rank"])  # fmt: skip
