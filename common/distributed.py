@@ -121,7 +121,8 @@ def _selftest() -> None:
         "broadcast": broadcast_object(f"from rank {rank()}"),
     }
     barrier()
-    print("SELFTEST " + json.dumps(out), flush=True)
+    # one write(2) per rank: the ranks share the pipe, and a print may split text and newline into two writes
+    os.write(1, ("SELFTEST " + json.dumps(out) + "\n").encode())
     if world_size() > 1:
         torch.distributed.destroy_process_group()
 
