@@ -91,6 +91,7 @@ def test_smoke_writes_a_valid_record(smoke_results):
                                                     "sampling: baselines", "metrics"}  # fmt: skip
 
 
+@pytest.mark.slow  # `make test-slow`; CI keeps darex's 1-vs-2-worker test and tests/common/test_parallel.py
 def test_one_and_two_workers_write_the_same_record(tmp_path, monkeypatch):
     """The smoke preset with two seeds, its seeds run in the main process (1 worker) and in 2 worker processes (one
     torch thread each, as the main process here): the same record apart from timings and provenance. The cost

@@ -64,6 +64,7 @@ def _without_timings(path) -> dict:
     return data
 
 
+@pytest.mark.slow  # `make test-slow`; CI keeps darex's 1-vs-2-worker test and tests/common/test_parallel.py
 def test_one_and_two_worker_processes_give_the_same_record(tmp_path, monkeypatch):
     """Two seeds, each a job; every job seeds itself, so where it runs does not change a number (one operating
     point and no scratch arm, to keep it short)."""

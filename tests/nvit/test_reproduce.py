@@ -84,6 +84,7 @@ def _without_timings(record) -> dict:
             "config": record.config}  # fmt: skip
 
 
+@pytest.mark.slow  # `make test-slow`; CI keeps darex's 1-vs-2-worker test and tests/common/test_parallel.py
 def test_one_and_two_workers_give_the_same_record(tmp_path, monkeypatch):
     """Two seeds of a cut-down smoke run, each from its own empty cache, with 1 and with 2 worker processes."""
     records = {}

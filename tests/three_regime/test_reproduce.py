@@ -84,6 +84,7 @@ def test_report_renders_the_readme_block(smoke_results, tmp_path):
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow  # `make test-slow`; CI keeps darex's 1-vs-2-worker test and tests/common/test_parallel.py
 def test_one_and_two_workers_write_the_same_record(tmp_path):
     """The smoke preset with two dense seeds (so cells of one seed run while the other's dense model trains) in
     this process and in two worker processes: the same record apart from timings and the worker count."""
