@@ -139,3 +139,17 @@ class Job:
     part: str = ""
     rate: float | None = None
     cost: float = 1.0
+
+
+def rate_plan(standard_methods: tuple[str, ...], rates, large_delta_rates, extreme_rate: float, model: str
+              ) -> list[tuple[float, tuple[str, ...]]]:  # fmt: skip
+    """The rates a fine-tune is pruned at, each with its methods, in both regimes: the standard fine-tune with
+    ``standard_methods`` at ``rates``; the large-delta one with DARE and the importance-based methods at
+    ``large_delta_rates`` (and DAREx-q at ``extreme_rate``); an AdamR-L2 one with DARE at ``extreme_rate``
+    (DAREx-L2 is AdamR-L2 fine-tuning, then DARE)."""
+    if model == STANDARD:
+        return [(p, tuple(standard_methods)) for p in rates]
+    if model == LARGE:
+        return [(p, ("dare", *(("darex_q_labelled",) if p == extreme_rate else ()), "magnitude", "wanda"))
+                for p in large_delta_rates]  # fmt: skip
+    return [(extreme_rate, ("dare",))]

@@ -81,6 +81,7 @@ from .regimes import (
     mask_ids,
     model_table,
     rate_metric,
+    rate_plan,
     text_regime_name,
     unpruned_setting,
     validation_metric,
@@ -375,16 +376,10 @@ def text_models(cfg: DarexConfig) -> list[str]:
 
 
 def text_plan(cfg: DarexConfig, model: str) -> list[tuple[float, tuple[str, ...]]]:
-    """The rates a fine-tune is pruned at, each with its methods: the standard fine-tune with every method at
-    ``prune.rates``; the large-delta one with DARE and the importance-based methods at ``prune.large_delta_rates``
-    (DAREx-q at the extreme rate only); an AdamR-L2 one with DARE at the extreme rate (DAREx-L2)."""
-    p_max = cfg.prune.figure_rate
-    if model == STANDARD:
-        return [(p, tuple(METHODS)) for p in cfg.prune.rates]
-    if model == LARGE:
-        return [(p, ("dare", *(("darex_q_labelled",) if p == p_max else ()), "magnitude", "wanda"))
-                for p in cfg.prune.large_delta_rates]  # fmt: skip
-    return [(p_max, ("dare",))]
+    """The rates a fine-tune is pruned at, with its methods (:func:`regimes.rate_plan`; this regime's standard
+    fine-tune gets ``METHODS``; the extreme rate is ``prune.figure_rate``)."""
+    r = cfg.prune
+    return rate_plan(tuple(METHODS), r.rates, r.large_delta_rates, r.figure_rate, model)
 
 
 def _spec(cfg: DarexConfig, seed: int, model: str, n_train: int) -> FinetuneSpec:

@@ -60,6 +60,7 @@ from .regimes import (
     model_table,
     q_table,
     rate_metric,
+    rate_plan,
     reference_table,
     unpruned_setting,
     validation_metric,
@@ -213,17 +214,10 @@ def jobs(cfg: DarexConfig) -> tuple[list[Job], list[Job]]:
 
 
 def plan(cfg: DarexConfig, model: str) -> list[tuple[float, tuple[str, ...]]]:
-    """The rates a fine-tune is pruned at, each with its methods (the extreme rate is ``prune.figure_rate``):
-    the standard fine-tune with every method at ``prune.rates``; the large-delta one with DARE and the
-    importance-based methods at ``prune.large_delta_rates`` (and DAREx-q at the extreme rate); an AdamR-L2 one
-    with DARE at the extreme rate (DAREx-L2 is AdamR-L2 fine-tuning, then DARE)."""
-    p_max = cfg.prune.figure_rate
-    if model == STANDARD:
-        return [(p, tuple(SYNTHETIC_METHODS)) for p in cfg.prune.rates]
-    if model == LARGE:
-        return [(p, ("dare", *(("darex_q_labelled",) if p == p_max else ()), "magnitude", "wanda"))
-                for p in cfg.prune.large_delta_rates]  # fmt: skip
-    return [(p_max, ("dare",))]
+    """The rates a fine-tune is pruned at, with its methods (:func:`regimes.rate_plan`; this regime's standard
+    fine-tune gets ``SYNTHETIC_METHODS``; the extreme rate is ``prune.figure_rate``)."""
+    r = cfg.prune
+    return rate_plan(tuple(SYNTHETIC_METHODS), r.rates, r.large_delta_rates, r.figure_rate, model)
 
 
 def run_job(job: Job, cfg: DarexConfig, cache: ArtifactCache, phase: Callable[[str], Any]) -> dict | None:
