@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from . import distributed, errors, runtime
+from . import distributed, errors, replication, runtime
 from .config import ConfigError, Preset, config_hash, describe, get_preset, override, to_dict
 from .results import (
     RECORD_FILE,
@@ -178,6 +178,9 @@ def report_all(
         with claim_anchors(f"{paper}-{preset}"):
             body = report(record, paper_dir / preset)
         write_record(record, paper_dir / preset, markdown=body, derived_only=True)  # the record stays as run
+        replica = replication.load_replica(paper_dir / preset)
+        if replica is not None:  # the same preset re-run with another seed set, compared claim by claim
+            body = f"{body.rstrip()}\n\n{replication.markdown(record, replica)}\n"
         if link_base is not None:
             body = rebase_links(body, paper_dir / preset, link_base)
         make_hint = f"make reproduce-{paper}" + ("" if preset == "mini" else f" PRESET={preset}")

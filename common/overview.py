@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import replication
 from .results import RECORD_FILE, RunRecord, claim_anchor, load_record, markdown_table
 from .runtime import atomic_write_bytes, results_root
 
@@ -96,6 +97,27 @@ def _methods_table(record: RunRecord) -> str:
     return f"*{name}*\n\n" + markdown_table(["Setting", "Metric", "Paper", "Ours (mean ± std)", "n"], rows)
 
 
+def _replication_section(results_dir: Path) -> str:
+    """One line per record that has a replica (the preset re-run with another seed set): do the verdicts hold?"""
+    rows = []
+    for paper in PAPERS:
+        for record in cited_records(results_dir, paper.package):
+            replica = replication.load_replica(results_dir / paper.package / record.preset)
+            if replica is None:
+                rows.append((f"`{paper.package}`", record.preset, ", ".join(map(str, record.seeds)), "–",
+                             "not re-run yet"))  # fmt: skip
+                continue
+            compared = replication.compare(record, replica)
+            rows.append((f"`{paper.package}`", record.preset, ", ".join(map(str, record.seeds)),
+                         ", ".join(map(str, replica.seeds)), replication.summary(compared)))  # fmt: skip
+    return (
+        "## Re-run with another seed set\n\nEach record's preset run again with disjoint seeds "
+        "(`python -m common.replication <paper>`; the table per claim is in the card). A claim *moved* when one "
+        "run says reproduced and the other not reproduced; *changed* when the verdicts differ otherwise.\n\n"
+        + markdown_table(["Package", "Preset", "Seeds", "Re-run seeds", "Result"], rows)
+    )
+
+
 def render(results_dir: Path | None = None) -> str:
     results_dir = results_dir or results_root()
     counts: dict[str, int] = {}
@@ -128,6 +150,7 @@ def render(results_dir: Path | None = None) -> str:
             if rows
             else "_No records yet: run `make reproduce-all`._"
         ),
+        _replication_section(results_dir),
         "## Methods side by side\n\nEach paper's main comparison at our scale, with the paper's number where it "
         "could be read from the paper (never estimated). Full tables, figures and deviations are in the cards.",
     ]

@@ -66,16 +66,24 @@ class Effect:
     """How the interval was computed: "paired t", "Welch t", "one-sample t", "single value"."""
 
     def text(self, digits: int = 2, unit: str = "") -> str:
-        """``"+1.23 [+0.41, +2.05] pp"``; an undefined interval reads ``[n/a]``."""
+        """``"+1.23 [+0.41, +2.05] pp"``; an undefined interval reads ``[n/a]``. A negative ``digits`` writes
+        the numbers in scientific notation with ``-digits`` decimals (``"+6.1e-15 [+6.1e-15, +6.1e-15]"``), for
+        effects near float rounding."""
         u = f" {unit}" if unit else ""
+        f = _number_format(digits)
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            return f"{self.estimate:+.{digits}f} [interval n/a, n={self.n}]{u}"
-        return f"{self.estimate:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]{u}"
+            return f"{self.estimate:{f}} [interval n/a, n={self.n}]{u}"
+        return f"{self.estimate:{f}} [{self.low:{f}}, {self.high:{f}}]{u}"
 
     def to_json(self) -> dict[str, Any]:
         finite = lambda v: v if math.isfinite(v) else None  # noqa: E731 (JSON has no infinity)
         return {"estimate": finite(self.estimate), "low": finite(self.low), "high": finite(self.high),
                 "n": self.n, "method": self.method}  # fmt: skip
+
+
+def _number_format(digits: int) -> str:
+    """A signed format spec: fixed point with ``digits`` decimals, scientific with ``-digits`` when negative."""
+    return f"+.{digits}f" if digits >= 0 else f"+.{-digits}e"
 
 
 def _values(values: Sequence[float]) -> np.ndarray:
@@ -163,7 +171,8 @@ class Test:
 
     def text(self) -> str:
         side = ">" if self.higher else "<"
-        return f"{self.label}: {self.effect.text(self.digits, self.unit)} (claim: {side} {self.margin:+g})"
+        margin = f"{self.margin:+g}" if self.digits >= 0 else f"{self.margin:{_number_format(self.digits)}}"
+        return f"{self.label}: {self.effect.text(self.digits, self.unit)} (claim: {side} {margin})"
 
     def to_json(self) -> dict[str, Any]:
         return {"label": self.label, "effect": self.effect.to_json(), "margin": self.margin, "higher": self.higher,
