@@ -37,6 +37,12 @@ class DataConfig:
         False,
         "training augmentation: RandomCrop(32, padding 4) + horizontal flip (official CIFAR-10); none for MNIST-1D",
     )
+    crop_fill: Literal["mean", "black"] = param(
+        "mean",
+        "what the random crop's 4-pixel padding holds: black = black pixels, normalised like the image (official: "
+        "torchvision RandomCrop before Normalize; the `paper` preset); mean = 0 after normalisation, the mean colour "
+        "(this package's first version, the default so older configs keep their meaning; MNIST-1D is not augmented)",
+    )
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,12 @@ class ModelConfig:
     )
     depth: int = param(20, "PreResNet depth (6n+2; 20 = 3 blocks per stage, official)")
     width_scale: int = param(1, "PreResNet width multiplier k: stages of 16k/32k/64k channels (1 = PreResNet-20)")
+    shortcut_input: Literal["preact", "input"] = param(
+        "preact",
+        "PreResNet: what the 1x1 projection shortcut (where a stage changes shape) reads: input = the block's raw "
+        "input x (official models/cifar/preresnet.py; the `paper` preset), preact = relu(bn1(x)) (this package's "
+        "first version, kept as the default so older configs keep their meaning; mlp_bn ignores it)",
+    )
     hidden_layers: int = param(4, "mlp_bn: number of hidden Linear+BN+ReLU layers")
     hidden_width: int = param(256, "mlp_bn: units per hidden layer")
 
@@ -133,6 +145,18 @@ class MetricsConfig:
         "each point; 0 = the whole training set (official)",
     )
     lmc_bn_reestimate: bool = param(True, "re-estimate BN running statistics at every point of the line (official)")
+    bn_batch_size: int = param(
+        512,
+        "batch size of the BN re-estimation pass over the LMC examples (in order, no augmentation); official "
+        "lmc.py: 64 (its --train-batch default; the `paper` preset). 512 = this package's first version (smoke, mini)",
+    )
+    bn_weighting: Literal["batch", "sample"] = param(
+        "batch",
+        "how the re-estimated BN statistics average the batches: sample = each batch weighted by its number of "
+        "examples (momentum b / (n + b), official mc_utils.update_bn; the `paper` preset); batch = every batch "
+        "equally (torch's cumulative average, momentum None; smoke, mini). They differ only through a short last "
+        "batch",
+    )
     cka_features: Literal["softmax", "logits"] = param(
         "softmax", "outputs compared by linear CKA (official notebook plots softmax)"
     )
@@ -306,11 +330,15 @@ def paper() -> ThreeRegimeConfig:
     (estimates, not measured).
     Targets: Fig. 2 (test error, normalized test error, mc, CKA; 16 training-epoch temperatures x 9 densities,
     3 dense seeds x 3 retraining seeds). The figure is numbered as in the official repo; check against the PDF.
+    Follows the official code where this package first differed (issue 13): PreResNet's projection shortcut
+    reads the raw block input (``model.shortcut_input=input``), the crop pads with black pixels
+    (``data.crop_fill=black``), and LMC re-estimates BN on batches of 64 weighted per example
+    (``metrics.bn_batch_size=64``, ``metrics.bn_weighting=sample``).
     """
     return ThreeRegimeConfig(
         seeds=(1, 2, 3),
-        data=DataConfig(dataset="cifar10", root="", augment=True),
-        model=ModelConfig(arch="preresnet", depth=20, width_scale=1),
+        data=DataConfig(dataset="cifar10", root="", augment=True, crop_fill="black"),
+        model=ModelConfig(arch="preresnet", depth=20, width_scale=1, shortcut_input="input"),
         train=TrainConfig(epochs=160, batch_size=64, lr=0.1, momentum=0.9, weight_decay=1e-4, lr_decay_at=(0.5, 0.75)),
         prune=PruneConfig(scope="uniform", prune_classifier=False),
         retrain=RetrainConfig(
@@ -323,7 +351,14 @@ def paper() -> ThreeRegimeConfig:
             lr_decay_at=(0.5, 0.75),
             test_error_last_epochs=5,
         ),
-        metrics=MetricsConfig(lmc_points=11, lmc_samples=0, cka_features="softmax", cka_samples=6464),
+        metrics=MetricsConfig(
+            lmc_points=11,
+            lmc_samples=0,
+            bn_batch_size=64,
+            bn_weighting="sample",
+            cka_features="softmax",
+            cka_samples=6464,
+        ),
         grid=GridConfig(
             temperature="training_epochs",
             training_epochs=tuple(range(10, 161, 10)),

@@ -27,10 +27,12 @@ class Data:
     y_test: torch.Tensor
     num_classes: int
     augment: bool = False
+    pad_value: tuple[float, ...] | None = None
+    """Per-channel value of the crop padding (in the normalised inputs); None = 0."""
 
     def to(self, device: torch.device | str) -> Data:
         return Data(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)),
-                    num_classes=self.num_classes, augment=self.augment)  # fmt: skip
+                    num_classes=self.num_classes, augment=self.augment, pad_value=self.pad_value)  # fmt: skip
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -67,25 +69,42 @@ def _cifar_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return (x - mean) / std, torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
 
 
-def cifar10_tensors(root: str, augment: bool = True) -> Data:
-    """CIFAR-10 from ``root`` (holding ``cifar-10-batches-py/``), normalised as in the official code."""
+def cifar10_tensors(root: str, augment: bool = True, crop_fill: str = "mean") -> Data:
+    """CIFAR-10 from ``root`` (holding ``cifar-10-batches-py/``), normalised as in the official code.
+
+    ``crop_fill``: what the random crop's padding holds. ``"black"``: black pixels, normalised like the image
+    (``-mean / std`` per channel), which is what torchvision's ``RandomCrop(32, padding=4)`` before ``Normalize``
+    gives in the official code; ``"mean"``: 0 in the normalised inputs (the mean colour).
+    """
+    if crop_fill not in ("mean", "black"):
+        raise ValueError(f"crop_fill must be 'mean' or 'black', got {crop_fill!r}")
     x_train, y_train = _cifar_tensors(cifar10(root, train=True))
     x_test, y_test = _cifar_tensors(cifar10(root, train=False))
-    return Data(x_train, y_train, x_test, y_test, num_classes=10, augment=augment)
+    pad = tuple(-m / s for m, s in zip(CIFAR10_MEAN, CIFAR10_STD, strict=True)) if crop_fill == "black" else None
+    return Data(x_train, y_train, x_test, y_test, num_classes=10, augment=augment, pad_value=pad)
 
 
 def load_data(cfg: DataConfig) -> Data:
     if cfg.dataset == "mnist1d":
         return mnist1d(cfg.num_samples, cfg.seed)
     if cfg.dataset == "cifar10":
-        return cifar10_tensors(cfg.root, cfg.augment)
+        return cifar10_tensors(cfg.root, cfg.augment, cfg.crop_fill)
     raise ValueError(f"unknown dataset {cfg.dataset!r}")
 
 
-def augment_images(x: torch.Tensor, gen: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """RandomCrop(size, padding) + RandomHorizontalFlip on a batch ``(B, C, H, W)``, as tensor ops."""
+def augment_images(
+    x: torch.Tensor, gen: torch.Generator, padding: int = 4, pad_value: tuple[float, ...] | None = None
+) -> torch.Tensor:
+    """RandomCrop(size, padding) + RandomHorizontalFlip on a batch ``(B, C, H, W)``, as tensor ops.
+
+    The padding is 0, or ``pad_value[c]`` in channel c (e.g. a black pixel after normalisation)."""
     b, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    if pad_value is None:
+        padded = torch.nn.functional.pad(x, (padding,) * 4)
+    else:
+        fill = torch.tensor(pad_value, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+        padded = fill.expand(b, c, h + 2 * padding, w + 2 * padding).clone()
+        padded[:, :, padding : padding + h, padding : padding + w] = x
     dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device=gen.device).to(x.device)
     dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device=gen.device).to(x.device)
     rows = (dy.view(b, 1, 1, 1) + torch.arange(h, device=x.device).view(1, 1, h, 1)).expand(b, c, h, w + 2 * padding)

@@ -96,8 +96,26 @@ def dense_run_id(cfg: ThreeRegimeConfig, cell: Cell) -> Any:
     return (cell.seed,) if cfg.grid.temperature == "training_epochs" else (cell.seed, cell.temperature)
 
 
-def dense_key(cfg: ThreeRegimeConfig, run_id: tuple) -> dict[str, Any]:
+LEGACY_DEFAULTS = {
+    "data": {"crop_fill": "mean"},
+    "model": {"shortcut_input": "preact"},
+    "metrics": {"bn_batch_size": 512, "bn_weighting": "batch"},
+}
+"""Fields added after jobs were cached (issue 13), with the value that computes what was computed before them:
+at that value a field is left out of the job keys, so the caches of ``smoke`` and ``mini`` stay valid."""
+
+
+def _key_config(cfg: ThreeRegimeConfig) -> dict[str, Any]:
     c = to_dict(cfg)
+    for section, fields in LEGACY_DEFAULTS.items():
+        for name, value in fields.items():
+            if c[section].get(name) == value:
+                del c[section][name]
+    return c
+
+
+def dense_key(cfg: ThreeRegimeConfig, run_id: tuple) -> dict[str, Any]:
+    c = _key_config(cfg)
     key = {k: c[k] for k in ("data", "model", "train")}
     key.update(temperature=cfg.grid.temperature, run=list(run_id), format=JOB_FORMAT)
     if cfg.grid.temperature == "training_epochs":
@@ -106,7 +124,7 @@ def dense_key(cfg: ThreeRegimeConfig, run_id: tuple) -> dict[str, Any]:
 
 
 def cell_key(cfg: ThreeRegimeConfig, cell: Cell) -> dict[str, Any]:
-    c = to_dict(cfg)
+    c = _key_config(cfg)
     key = {k: c[k] for k in ("data", "model", "train", "prune", "retrain", "metrics")}
     key.update(temperature=cfg.grid.temperature, cell=[cell.seed, cell.temperature, cell.density], format=JOB_FORMAT)
     return key
@@ -189,7 +207,7 @@ def compute_cell(cfg: ThreeRegimeConfig, cell: Cell, dense: dict[str, Any], data
 
     def error_at(net: torch.nn.Module) -> float:
         if m.lmc_bn_reestimate:
-            reestimate_bn(net, x_lmc)
+            reestimate_bn(net, x_lmc, batch_size=m.bn_batch_size, weighting=m.bn_weighting)
         return error_rate(net, x_lmc, y_lmc)
 
     feats = []

@@ -71,8 +71,19 @@ def outputs(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.
 
 
 @torch.no_grad()
-def reestimate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> None:
-    """Recompute every BatchNorm's running mean/var as the cumulative average over ``x`` (no augmentation)."""
+def reestimate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 512, weighting: str = "batch") -> None:
+    """Recompute every BatchNorm's running mean/var from ``x`` (in order, no augmentation), batch by batch.
+
+    ``weighting="batch"``: the cumulative average of the batch statistics, every batch counted once (torch's
+    ``momentum=None``). ``"sample"`` (official ``mc_utils.update_bn``): batch k of size b_k after n_k examples is
+    folded in with momentum ``b_k / (n_k + b_k)``, so each batch counts by its number of examples; the running
+    mean of a BN that sees ``x`` itself is then the mean over all of ``x``. The two differ only through a last
+    batch shorter than the others. The running variance is the same average of the batches' unbiased variances.
+    """
+    if weighting not in ("batch", "sample"):
+        raise ValueError(f"weighting must be 'batch' or 'sample', got {weighting!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
@@ -81,8 +92,14 @@ def reestimate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> N
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
     model.train()
+    seen = 0
     for start in range(0, len(x), batch_size):
-        model(x[start : start + batch_size])
+        batch = x[start : start + batch_size]
+        if weighting == "sample":
+            for m in bns:
+                m.momentum = len(batch) / (seen + len(batch))
+        model(batch)
+        seen += len(batch)
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
     model.eval()
@@ -164,7 +181,7 @@ def train(
             idx = idx.to(device)
             x, y = data.x_train[idx], data.y_train[idx]
             if aug_gen is not None:
-                x = augment_images(x, aug_gen)
+                x = augment_images(x, aug_gen, pad_value=data.pad_value)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             check_finite(loss, step=step, where=where)

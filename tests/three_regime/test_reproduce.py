@@ -141,3 +141,6 @@ def test_paper_code_path_at_tiny_scale(tmp_results, tmp_path, monkeypatch):
     record = load_record(tmp_results / "three_regime" / "paper")
     assert np.asarray(record.extra["mean"]["mc"]).shape == (2, 2)
     assert record.config["model"]["arch"] == "preresnet" and record.config["data"]["augment"] is True
+    # the official recipe (issue 13): raw-input projection shortcuts, black crop padding, BN pass of 64 per sample
+    assert record.config["model"]["shortcut_input"] == "input" and record.config["data"]["crop_fill"] == "black"
+    assert record.config["metrics"]["bn_batch_size"] == 64 and record.config["metrics"]["bn_weighting"] == "sample"
