@@ -26,7 +26,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install data test test-slow lint format report reproduce-all clean distclean \
+.PHONY: help install data test test-slow test-gpu lint format report reproduce-all clean distclean \
 	reproduce-nvit reproduce-three_regime reproduce-diffusehigh reproduce-darex reproduce-masksparsity
 
 help: ## list the targets with one line each
@@ -75,6 +75,9 @@ test: install ## run the test suite, then its numerics again on other CPU kernel
 
 test-slow: install ## run only the slow tests (real data, longer runs)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-gpu: install ## run the CUDA tests (each paper preset's code path at tiny scale, bf16, 2 processes on 2 GPUs)
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
 lint: install ## ruff lint and format check
 	$(PY) -m ruff check .
