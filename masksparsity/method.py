@@ -314,18 +314,27 @@ class MacModel:
 
 
 def penalty_gradient(gamma: torch.Tensor, norm: str = "L1", lr: float = 0.0, lam: float = 0.0) -> torch.Tensor:
-    """g'(γ) of the penalty g (notes §1.2): L1 sign(γ); L2 γ; smoothL1 = Huber with δ = lr·λ (γ/δ inside, sign
-    outside), the repo's L1 that turns quadratic near 0 to stop γ oscillating around it (our reading)."""
+    """g'(γ) of the penalty g (notes §1.2); the sub-gradient added to grad(γ) is λ·g'(γ).
+
+    - ``L1``: sign(γ) (the official default, used by every official script);
+    - ``L2``: γ;
+    - ``smoothL1``: the official code's (``SPARSE.REGULAR_METHOD smoothL1``): γ where |γ| < lr·λ, sign(γ)
+      elsewhere, i.e. grad(γ) += λ·γ inside the threshold and λ·sign(γ) outside, with ``lr`` the learning rate of
+      the current epoch (the official trainer passes the epoch's lr). It is not continuous at |γ| = lr·λ;
+    - ``huber``: the Huber form δ = lr·λ (γ/δ inside, sign(γ) outside): our earlier reading of smoothL1, kept as
+      an option; continuous, and inside the threshold it adds γ/lr instead of λ·γ.
+    """
     if norm == "L1":
         return torch.sign(gamma)
     if norm == "L2":
         return gamma
-    if norm == "smoothL1":
+    if norm in ("smoothL1", "huber"):
         delta = lr * lam
         if delta <= 0:
             return torch.sign(gamma)
-        return torch.where(gamma.abs() < delta, gamma / delta, torch.sign(gamma))
-    raise ValueError(f"unknown norm {norm!r}: L1, L2 or smoothL1")
+        inside = gamma.abs() < delta
+        return torch.where(inside, gamma if norm == "smoothL1" else gamma / delta, torch.sign(gamma))
+    raise ValueError(f"unknown norm {norm!r}: L1, L2, smoothL1 or huber")
 
 
 @torch.no_grad()
@@ -357,7 +366,8 @@ def all_bns(model: nn.Module) -> list[nn.BatchNorm2d]:
 def slimming_regularizer(
     model: nn.Module, lam: float, norm: str = "L1", spec: PruneSpec | None = None
 ) -> Callable[[float], None]:
-    """Network Slimming: the penalty on every BN γ (or on the units' BNs when ``spec`` is given); call with lr."""
+    """Network Slimming: the penalty on every BN γ (or on the units' BNs when ``spec`` is given); call it with the
+    epoch's learning rate (used by smoothL1 and huber only)."""
     bns = all_bns(model) if spec is None else [model.get_submodule(bn) for u in spec.units for bn in u.bns]
     targets = [(bn, None) for bn in bns]
     return lambda lr: add_sparsity_gradient(targets, lam, norm, lr)
@@ -366,7 +376,8 @@ def slimming_regularizer(
 def masksparsity_regularizer(
     model: nn.Module, spec: PruneSpec, mask: Mask, lam: float, norm: str = "L1", regularize_beta: bool = False
 ) -> Callable[[float], None]:
-    """MaskSparsity: the penalty on the γ of the channels the (keep-)mask removes, nothing else; call with lr."""
+    """MaskSparsity: the penalty on the γ of the channels the (keep-)mask removes, nothing else; call it with the
+    epoch's learning rate (used by smoothL1 and huber only)."""
     penalised = invert(mask)
     targets = [
         (model.get_submodule(bn), penalised[u.name].float()) for u in spec.units if u.name in mask for bn in u.bns

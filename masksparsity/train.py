@@ -1,7 +1,8 @@
 """Data and training loops: baseline training, sparsity training (with a γ sub-gradient hook), fine-tuning.
 
 The sparse penalty enters as in the official trainer: after ``loss.backward()`` and before ``optimizer.step()``
-the regulariser adds λ·g'(γ) to grad(γ) (``regularizer(lr)``). SGD's weight decay applies to every parameter,
+the regulariser adds λ·g'(γ) to grad(γ) (``regularizer(epoch_lr)``, with the learning rate at the start of the
+epoch, as the official trainer passes it; only smoothL1/huber use it). SGD's weight decay applies to every parameter,
 BN included (pycls ``BN.USE_CUSTOM_WEIGHT_DECAY: false``).
 """
 
@@ -202,7 +203,8 @@ def train_phase(
     desc: str = "train",
     where: str | None = None,
 ) -> nn.Module:
-    """SGD (Nesterov) over ``schedule``; ``regularizer(lr)`` adds the γ sub-gradient before each step.
+    """SGD (Nesterov) over ``schedule``; ``regularizer(epoch_lr)`` adds the γ sub-gradient before each step (the
+    learning rate at the start of the epoch, which the official smoothL1 threshold uses; L1/L2 ignore it).
 
     A NaN or infinite loss raises :class:`common.errors.TrainingDivergedError` naming ``where`` (default:
     ``desc``) and the step.
@@ -214,6 +216,7 @@ def train_phase(
     steps = max(data.n_train() // schedule.batch_size, 1)
     use_amp = amp and data.device.type == "cuda"
     for epoch in progress(range(schedule.epochs), desc=desc, leave=False):
+        epoch_lr = lr_at(schedule, epoch)
         for i, (x, y) in enumerate(data.train_batches(schedule.batch_size, seed * 100_003 + epoch)):
             lr = lr_at(schedule, epoch + i / steps)
             for group in opt.param_groups:
@@ -224,7 +227,7 @@ def train_phase(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if regularizer is not None:
-                regularizer(lr)
+                regularizer(epoch_lr)
             opt.step()
         if schedule.precise_bn_images:
             recalibrate_bn(model, calibration_batches(data, schedule.precise_bn_images, seed + epoch))

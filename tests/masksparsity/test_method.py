@@ -168,10 +168,53 @@ def test_penalty_variants():
     g = torch.tensor([-2.0, -0.001, 0.0, 0.001, 0.5])
     assert torch.equal(M.penalty_gradient(g, "L1"), torch.sign(g))
     assert torch.equal(M.penalty_gradient(g, "L2"), g)
-    smooth = M.penalty_gradient(g, "smoothL1", lr=0.1, lam=0.05)  # δ = 0.005: quadratic inside
-    torch.testing.assert_close(smooth, torch.tensor([-1.0, -0.2, 0.0, 0.2, 1.0]))
+    # official smoothL1 (netslim/sparse.py): λ·γ inside |γ| < lr·λ = 0.005, λ·sign(γ) outside
+    smooth = M.penalty_gradient(g, "smoothL1", lr=0.1, lam=0.05)
+    torch.testing.assert_close(smooth, torch.tensor([-1.0, -0.001, 0.0, 0.001, 1.0]))
+    huber = M.penalty_gradient(g, "huber", lr=0.1, lam=0.05)  # our earlier reading: γ/δ inside
+    torch.testing.assert_close(huber, torch.tensor([-1.0, -0.2, 0.0, 0.2, 1.0]))
+    assert torch.equal(M.penalty_gradient(g, "smoothL1", lr=0.0, lam=0.05), torch.sign(g))  # no lr: plain L1
     with pytest.raises(ValueError):
         M.penalty_gradient(g, "L3")
+
+
+def test_official_smooth_l1_sub_gradient_is_lambda_gamma_inside_the_epoch_lr_threshold():
+    """grad(γ) += λ·γ for the masked γ with |γ| < lr·λ (lr: the epoch's), λ·sign(γ) for the other masked γ,
+    nothing for kept channels; against the closed form, channel by channel."""
+    model = cifar(depth=8, width=4)
+    spec = M.prune_spec(model)
+    mask = M.uniform_mask(model, spec, 0.5)
+    lam, lr = 0.5, 0.1  # threshold lr·λ = 0.05
+    with torch.no_grad():
+        for unit in spec.units:  # half of every unit's γ inside the threshold, with both signs
+            bn = model.get_submodule(unit.bns[0])
+            n = bn.num_features
+            bn.weight.copy_(torch.linspace(-0.04, 0.04, n) * (torch.arange(n) % 2 == 0) + (torch.arange(n) % 2) * 0.7)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    M.masksparsity_regularizer(model, spec, mask, lam, norm="smoothL1")(lr)
+    for unit in spec.units:
+        bn = model.get_submodule(unit.bns[0])
+        gamma, off = bn.weight.detach(), ~mask[unit.name]
+        expected = torch.where(gamma.abs() < lr * lam, lam * gamma, lam * torch.sign(gamma)) * off
+        torch.testing.assert_close(bn.weight.grad, expected, rtol=0, atol=0)
+        assert bool(((gamma.abs() < lr * lam) & off).any()) and bool(((gamma.abs() >= lr * lam) & off).any())
+
+
+def test_the_regulariser_gets_the_epochs_learning_rate():
+    """train_phase calls regulariser(lr) with the learning rate at the start of the epoch (the official trainer's
+    epoch lr), not the per-step cosine value the optimizer uses."""
+    from masksparsity import config
+    from masksparsity.train import Data, lr_at, train_phase
+
+    cfg = config.smoke()
+    data = Data(cfg.data, torch.device("cpu"))
+    schedule = config.Schedule(epochs=2, batch_size=128, lr=0.1, lr_schedule="cosine", lr_steps=())
+    seen: list[float] = []
+    train_phase(build_model("resnet8", width=2, in_channels=1), data, schedule, 0, regularizer=seen.append)
+    steps = data.n_train() // schedule.batch_size
+    assert seen == [lr_at(schedule, 0)] * steps + [lr_at(schedule, 1)] * steps
+    assert lr_at(schedule, 1) < lr_at(schedule, 0)
 
 
 def test_masksparsity_training_drives_masked_gammas_to_zero_only():

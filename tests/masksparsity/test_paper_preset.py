@@ -10,7 +10,7 @@ import torch
 
 from common.data import DatasetNotFoundError
 from common.results import VERDICTS, load_record
-from masksparsity import config, reproduce
+from masksparsity import claims, config, reproduce
 from masksparsity.train import Data
 
 
@@ -44,6 +44,23 @@ def test_paper_recipe_runs_at_tiny_scale(tmp_results):
     assert all(c.verdict in VERDICTS for c in record.claims)
     paper_rows = record.tables()[reproduce.PAPER_TABLE]
     assert {m.paper for m in paper_rows} == {63.03, 60.34, 51.07}
+    # FLOPs beside the paper's in the official counter's convention (conv, linear, BN, ReLU), as in the op table
+    table = reproduce.op_table(record.extra["ops"][0])
+    official = record.get(table, reproduce.MS, claims.FLOPS_OFFICIAL).mean
+    assert 0 <= official <= record.get(table, reproduce.MS, claims.FLOPS).mean  # equal only if nothing was pruned
+    flops_rows = [m for m in paper_rows if m.paper in (63.03, 51.07)]
+    assert all("official counter" in m.setting and m.mean == pytest.approx(official) for m in flops_rows)
+
+
+def test_paper_preset_follows_the_official_scripts():
+    """finetune.sh: the 100-epoch step config at lr 5e-4 (the 40-epoch yaml is kept as FINETUNE_YAML); FLOPs as
+    the official counter; smoke and mini keep the conv+linear count (their records stay as they are)."""
+    cfg = config.paper()
+    assert cfg.finetune == config.FINETUNE_SCRIPT
+    assert (cfg.finetune.epochs, cfg.finetune.lr, cfg.finetune.lr_steps) == (100, 5e-4, (30, 60, 90))
+    assert (config.FINETUNE_YAML.epochs, config.FINETUNE_YAML.lr_steps) == (40, (10, 20, 30))
+    assert cfg.prune.flops_counter == "official" and cfg.sparsity.norm == "L1"
+    assert config.smoke().prune.flops_counter == config.mini().prune.flops_counter == "conv_linear"
 
 
 def test_paper_scale_data_fails_with_a_clear_message():
