@@ -173,7 +173,26 @@ class MetricsConfig:
         300, "training steps of the small local CNN whose features KID uses (0 = no KID); no Inception offline"
     )
     patch_size: int = param(32, "crop size for patch metrics (patch-KID here; 1024 crops for FID_c/KID_c/IS_c)")
-    fid_resize: int = param(299, "resize for FID/KID/IS on whole images (paper preset, Inception weights needed)")
+    fid_resize: int = param(
+        299,
+        "evaluation size of the paper preset's FID_r/KID_r/IS_r: images are resized to it (PIL bicubic; references: "
+        "shorter side, then a centre crop); crops are resized to it too before the Inception network (its input size)",
+    )
+    crops_per_image: int = param(
+        1,
+        "paper preset: random patch_size crops per image (generated and reference) for FID_c/KID_c/IS_c; positions "
+        "drawn from the image's index, so they do not depend on the process that made the image (AccDiffusion uses "
+        "10; DemoFusion's count is not in the research notes)",
+    )
+    kid_subsets: int = param(
+        100, "paper preset's KID: random subsets averaged (torchmetrics' and torch-fidelity's default)"
+    )
+    kid_subset_size: int = param(
+        1000, "paper preset's KID: images per subset (library default), lowered to the smaller set size when fewer"
+    )
+    is_splits: int = param(
+        10, "paper preset's Inception Score: splits of the images (library default, after Salimans et al.)"
+    )
 
 
 @dataclass(frozen=True)
@@ -225,10 +244,21 @@ class DiffuseHighConfig:
         "text file, one prompt per line (paper preset; cycled up to num_samples images, a new seed each); "
         "empty = the official demo prompt",
     )
-    metric_weights_path: str = param(
+    inception_path: str = param(
         "",
-        "local directory with Inception/CLIP weights for FID/KID/IS/CLIP (paper preset); the metrics themselves "
-        "are not implemented yet (a warning is logged)",
+        "paper preset: the FID Inception-v3 weights file (torch-fidelity's weights-inception-2015-12-05-6726825d.pth, "
+        "the TensorFlow FID graph converted) or a directory holding one .pth; enables IS, and FID/KID with "
+        "reference_images_path; needs the [eval] extra",
+    )
+    clip_path: str = param(
+        "",
+        "paper preset: a CLIP model in transformers layout (config.json, weights, tokenizer and preprocessor files) "
+        "for the CLIP score of each image with its prompt; needs the [eval] extra",
+    )
+    reference_images_path: str = param(
+        "",
+        "paper preset: a directory of real images (png/jpg/webp; e.g. the LAION images of the prompts) that FID and "
+        "KID compare with; needs inception_path",
     )
     save_images: int = param(
         0,
@@ -308,7 +338,8 @@ def paper() -> DiffuseHighConfig:
     512x512 latents; peak memory not measured). Time: a third party measured ~325 s per 4096^2 image
     (ScaleDiff, arXiv:2510.25818), so ~90 GPU-hours for 1,000 prompts; fewer with --set num_samples=N.
     Targets: the paper's quantitative SDXL comparison at 4096^2 (its table could not be read, so there is no
-    paper number to compare with; see paper.py); FID/KID/IS/CLIP only with metric_weights_path, otherwise
+    paper number to compare with; see paper.py): the DemoFusion-style FID/KID/IS on resized images and on crops and
+    the CLIP score (diffusehigh.evaluation) with inception_path, clip_path and reference_images_path, and always the
     time per image, low-resolution consistency and detail. 2K instead: --set stages.scale_factors='(1.5, 2.0)'.
     """
     return DiffuseHighConfig(

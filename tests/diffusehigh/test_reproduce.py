@@ -208,7 +208,7 @@ def test_paper_preset_paths_are_all_checked_before_loading(tmp_path, capsys, no_
         ((f"sdxl_path={empty}",), "sdxl_path: " + str(empty) + " has no model_index.json"),
         ((f"sdxl_path={sdxl_dir}", "prompts_path=/nonexistent/prompts.txt"), "prompts_path"),
         ((f"sdxl_path={sdxl_dir}", f"prompts_path={prompts}"), "holds no prompts"),
-        ((f"sdxl_path={sdxl_dir}", "metric_weights_path=/nonexistent/weights"), "metric_weights_path"),
+        ((f"sdxl_path={sdxl_dir}", "inception_path=/nonexistent/weights.pth"), "inception_path"),
         ((f"sdxl_path={sdxl_dir}", "stages.scale_factors=(1.5, 2.03)"), "stages.scale_factors"),  # 2079: not x8
         ((f"sdxl_path={sdxl_dir}", "stages.stage_steps=60"), "model.num_inference_steps"),
         ((f"sdxl_path={sdxl_dir}", "stages.dwt_wave='db99'"), "stages.dwt_wave"),
@@ -292,19 +292,7 @@ def test_paper_preset_plumbing_on_a_tiny_sdxl(tmp_path, monkeypatch):
     """run_sdxl end to end with a tiny random SDXL (prompts replaced by embeddings: no tokenizer offline)."""
     from diffusehigh import pipeline as pipeline_lib
 
-    from .tiny_sdxl import prompt_embeds, tiny_pipeline
-
-    class WithEmbeddings:
-        def __init__(self):
-            self.pipe, self.calls = tiny_pipeline(), []
-
-        def __call__(self, prompt, negative_prompt, **kwargs):
-            self.calls.append(kwargs)
-            return self.pipe(**kwargs, **prompt_embeds())
-
-        def sample_direct(self, prompt, negative_prompt, **kwargs):
-            self.calls.append({"direct": True, **kwargs})
-            return self.pipe.sample_direct(**kwargs, **prompt_embeds())
+    from .tiny_sdxl import WithEmbeddings
 
     fake = WithEmbeddings()
     monkeypatch.setattr(pipeline_lib, "load_local_pipeline", lambda path, dtype, device: fake)
@@ -332,7 +320,8 @@ def test_paper_preset_plumbing_on_a_tiny_sdxl(tmp_path, monkeypatch):
     assert images == ["prompt000_32.png", "prompt000_48.png", "prompt000_64.png"]
     assert record.claims[0].verdict == "not testable here"
     assert set(record.provenance["phases_s"]) == {"base model", "sampling: DiffuseHigh", "metrics", "saving images",
-                                                  "sampling: baselines", "sampling: direct", "other"}  # fmt: skip
+                                                  "sampling: baselines", "sampling: direct", "gathering",
+                                                  "other"}  # fmt: skip
 
 
 def test_train_command_checks_the_config_before_training(tmp_path, capsys, monkeypatch):

@@ -45,3 +45,19 @@ def prompt_embeds(batch: int = 1, seed: int = 0) -> dict:
         pooled_prompt_embeds=torch.randn(batch, 32, generator=g),
         negative_pooled_prompt_embeds=torch.randn(batch, 32, generator=g),
     )
+
+
+class WithEmbeddings:
+    """What ``run_sdxl`` calls as its pipeline, on the tiny SDXL: prompts become fixed random embeddings (no text
+    encoder offline); every call's keywords are recorded in ``calls``."""
+
+    def __init__(self):
+        self.pipe, self.calls = tiny_pipeline(), []
+
+    def __call__(self, prompt, negative_prompt, **kwargs):
+        self.calls.append(kwargs)
+        return self.pipe(**kwargs, **prompt_embeds())
+
+    def sample_direct(self, prompt, negative_prompt, **kwargs):
+        self.calls.append({"direct": True, **kwargs})
+        return self.pipe.sample_direct(**kwargs, **prompt_embeds())
