@@ -1,13 +1,16 @@
 """Extra sub-commands for spreading the grid: ``grid`` runs one shard's cells, ``merge`` gathers caches.
 
-On a cluster (one array task per shard, each with its own cache)::
+On a cluster, one job-array task per shard (Slurm: ``sbatch --array=0-7``), each with its own cache::
 
-    python -m three_regime grid --preset paper --shard $I/$N --set data.root=/data/cifar10    # task I of N
+    python -m three_regime grid --preset paper --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT \
+        --set data.root=/data/cifar10 --cache-dir /scratch/cache-$SLURM_ARRAY_TASK_ID      # task i of n
     python -m three_regime merge /scratch/cache-0 /scratch/cache-1 ...   # into this machine's cache
     python -m three_regime reproduce --preset paper --set data.root=/data/cifar10   # reads every cell: the record
 
 With a shared cache folder (``PRUNE_REPRO_CACHE``) no merge is needed. A cell already in the cache is never
-recomputed, so an interrupted shard resumes where it stopped.
+recomputed, so an interrupted shard resumes where it stopped. A task with several GPUs runs its shard on all
+of them under a launcher (``accelerate launch --num_processes 4 -m three_regime grid --shard i/n ...``): the
+shard's jobs are dealt over the processes (``grid.run_jobs``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from common import distributed as dist
 from common.cli import Command
 from common.config import get_preset, override
 from common.runtime import ArtifactCache, select_device
@@ -45,12 +49,13 @@ def _configure_grid(parser: argparse.ArgumentParser) -> None:
 def _grid(args: argparse.Namespace) -> int:
     cfg = override(get_preset(PRESETS, args.preset), args.sets)  # a ConfigError is one line, exit 2 (common.cli)
     shard = grid.parse_shard(args.shard) if args.shard else (cfg.shard.index, cfg.shard.count)
-    device = select_device(args.device)
+    device = dist.device() if dist.world_size() > 1 else select_device(args.device)
     if device.type == "cpu" and cfg.model.arch == "mlp_bn":
         torch.set_num_threads(1)
     cache = ArtifactCache(grid.NAMESPACE, root=args.cache_dir)
     cells = grid.run_jobs(cfg, cache, device, shard=shard, workers=args.workers or cfg.shard.workers)
-    print(f"shard {shard[0]}/{shard[1]}: {len(cells)} cells cached in {cache.dir}")
+    if dist.is_main():
+        print(f"shard {shard[0]}/{shard[1]}: {len(cells)} cells cached in {cache.dir}")
     return 0
 
 
@@ -62,6 +67,8 @@ def _configure_merge(parser: argparse.ArgumentParser) -> None:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    if not dist.is_main():  # under a launcher: one process copies
+        return 0
     cache = ArtifactCache(grid.NAMESPACE, root=args.cache_dir)
     copied = grid.merge_caches(args.sources, cache)
     print(f"merged {copied} finished jobs into {cache.dir}")

@@ -230,9 +230,17 @@ class GridConfig:
 class ShardConfig:
     """Spreading grid cells over processes and machines; results are cached per cell (see three_regime/cli.py)."""
 
-    index: int = param(0, "this process runs the cells whose index % count == index (`grid --shard i/n` sets it)")
+    index: int = param(
+        0,
+        "this run computes the cells whose index % count == index (`grid --shard i/n` sets it; e.g. one cluster "
+        "array task per shard); under a launcher (NPROC=N) the shard is further dealt over the N processes",
+    )
     count: int = param(1, "number of shards the grid is split into (1 = run every cell here)")
-    workers: int = param(1, "worker processes on this machine, one torch thread each (one per core on CPU)")
+    workers: int = param(
+        1,
+        "worker processes on this machine, one torch thread each (one per core on CPU); under a launcher with N "
+        "processes: W jobs at once per GPU, or on the CPU W // N (at least 1) per process",
+    )
 
 
 @dataclass(frozen=True)
@@ -279,7 +287,8 @@ def mini() -> ThreeRegimeConfig:
     Time: **34.3 min measured** (2,059 s, commit ac43e31, AMD EPYC, 2 workers, other jobs niced to 19) — over
     the 20-minute budget of issue 17. The step-count estimate of 13 min (2.8 ms per SGD step per worker, from the
     previous preset) was wrong: a step of this 4 x 256 BN-MLP costs ~7 ms here, a third of it in SGD's
-    per-tensor update. Nothing is cut yet: fitting the budget needs fewer or shorter retrainings (e.g. 15 retraining epochs, or one low and one high density), to be validated on the claims first.
+    per-tensor update. Nothing is cut yet: fitting the budget needs fewer or shorter retrainings (e.g. 15
+    retraining epochs, or one low and one high density), to be validated on the claims first.
     Targets: Fig. 2 (PreResNet-20 / CIFAR-10, temperature = training epochs) as a qualitative analogue, and
     the claims of three_regime/claims.py. Changes from the earlier 10-minute version (issue 12): 16,000
     training examples instead of 4,000 (at 4x the data the low-density temperature effect in mc widened from
@@ -312,13 +321,13 @@ def mini() -> ThreeRegimeConfig:
 def paper() -> ThreeRegimeConfig:
     """PreResNet-20 on CIFAR-10 from a local copy, the official 16 x 9 grid (Fig. 2), for GPUs.
 
-    Command: ``make reproduce-three_regime PRESET=paper ARGS="--set data.root=/path/to/cifar10"``; to spread
-    the cells over N processes or machines run ``python -m three_regime grid --preset paper --shard i/N --set
-    data.root=...`` for i = 0..N-1 (``--workers W`` for W concurrent jobs per GPU), ``python -m three_regime
-    merge <their cache dirs>`` if their caches differ, then the command above to write the record from the
-    cached cells (README.md, "How to run"). Batch-size study: ``--set
-    grid.temperature=batch_size --set train.iterations=62400 --set retrain.iterations=62400 --set
-    retrain.batch_size=128``; SAM study: ``--set train.optimizer=sam --set
+    Command: ``make reproduce-three_regime PRESET=paper ARGS="--set data.root=/path/to/cifar10"``, on N GPUs of
+    one node with ``NPROC=N`` (the jobs are dealt over the N processes); to spread the cells over machines run
+    ``python -m three_regime grid --preset paper --shard i/N --set data.root=...`` for i = 0..N-1 (``--workers
+    W`` for W concurrent jobs per GPU), ``python -m three_regime merge <their cache dirs>`` if their caches
+    differ, then the command above to write the record from the cached cells (README.md, "How to run").
+    Batch-size study: ``--set grid.temperature=batch_size --set train.iterations=62400 --set
+    retrain.iterations=62400 --set retrain.batch_size=128``; SAM study: ``--set train.optimizer=sam --set
     grid.temperature=sam_rho``. A reduced run (the notes' "about 1 GPU-hour"): ``--set seeds='(1,)' --set
     retrain.seeds='(1,2)' --set retrain.epochs=80 --set grid.training_epochs='(20,40,60,80,100,160)' --set
     grid.densities='(5.,7.,10.,20.,80.)'``.

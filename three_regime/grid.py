@@ -11,6 +11,14 @@ config that determines it, so a finished job is never recomputed):
 ``run_jobs(cfg, cache, shard=(i, n))`` runs the cells whose position in :func:`grid_cells` is ``i mod n``
 (and the dense runs they need), in ``workers`` single-thread processes; ``merge_caches`` copies finished
 jobs of other machines into this cache; :func:`collect` reads every cell (failing if one is missing).
+
+Under a distributed launcher (``make reproduce-three_regime NPROC=N``, ``accelerate launch``; the processes of
+``common.distributed``) the shard's jobs are dealt over the N processes, one per GPU: first the missing dense
+runs, then the missing cells, each to one process, round robin. A process that needs a dense run another one
+trained reads it from the cache, or, where the processes do not share a cache folder (several machines), gets it
+sent; every finished cell reaches rank 0's cache the same way, and rank 0 alone goes on to write the record.
+Each job is computed by one process with the seeds of its own key, so the grid is the one a single process
+computes (bit for bit on the same kind of device and thread count).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import Any
 
 import torch
 
+from common import distributed as dist
 from common.config import ConfigError, to_dict
 from common.errors import PathNotFoundError
 from common.runtime import ArtifactCache, progress, seed_everything
@@ -317,9 +326,16 @@ def run_jobs(
     ``phase(name)`` (e.g. ``RunContext.phase``) times the stages. In this process (``workers <= 1``): "data"
     (loading the data set), "grid: dense runs", then "grid: cells". With worker processes the two kinds of
     job overlap (:func:`_run_in_pool`), so their time is one phase, "grid: dense runs and cells (workers)".
+    Under a launcher with N > 1 processes the jobs are dealt over them (:func:`_run_distributed`); on the CPU
+    each process then runs ``workers // N`` worker processes (at least 1), so the machine holds ``workers``.
     """
     phase = phase or (lambda name: contextlib.nullcontext())
     cells = shard_cells(grid_cells(cfg), *shard)
+    if dist.world_size() > 1:
+        if torch.device(device).type == "cpu":
+            workers = max(1, workers // dist.world_size())
+        _run_distributed(cfg, cache, device, cells, workers, phase, shard)
+        return cells
     root = cache.dir.parent
     todo_cells = [c for c in cells if ("cell", cell_key(cfg, c)) not in cache]
     run_ids = sorted({dense_run_id(cfg, c) for c in todo_cells})
@@ -327,21 +343,103 @@ def run_jobs(
     start = time.perf_counter()
     log.info("shard %d/%d: %d cells (%d to compute), %d dense runs to compute, %d workers",
              *shard, len(cells), len(todo_cells), len(todo_dense), workers)  # fmt: skip
-    if workers > 1 and len(todo_dense) + len(todo_cells) > 1:
-        with phase("grid: dense runs and cells (workers)"):
-            _run_in_pool(cfg, todo_dense, todo_cells, root, str(device), workers)
-    else:
-        if todo_dense or todo_cells:
-            with phase("data"):
-                _data(cfg, torch.device(device))  # what the first job would load; the in-process jobs reuse it
-        with phase("grid: dense runs"):
-            for r in progress(todo_dense, desc="dense"):
-                dense_job(cfg, r, root, str(device))
-        with phase("grid: cells"):
-            for c in progress(todo_cells, desc="cells"):
-                cell_job(cfg, c, root, str(device))
+    _compute(cfg, todo_dense, todo_cells, root, str(device), workers, phase)
     log.info("shard %d/%d done in %.1f s", *shard, time.perf_counter() - start)
     return cells
+
+
+def _compute(
+    cfg: ThreeRegimeConfig,
+    todo_dense: list[tuple],
+    todo_cells: list[Cell],
+    root: Path,
+    device: str,
+    workers: int,
+    phase: Callable[[str], contextlib.AbstractContextManager],
+) -> None:
+    """The given jobs, in ``workers`` processes (dense runs and cells overlapping) or in this one."""
+    if workers > 1 and len(todo_dense) + len(todo_cells) > 1:
+        with phase("grid: dense runs and cells (workers)"):
+            _run_in_pool(cfg, todo_dense, todo_cells, root, device, workers)
+        return
+    if todo_dense or todo_cells:
+        with phase("data"):
+            _data(cfg, torch.device(device))  # what the first job would load; the in-process jobs reuse it
+    with phase("grid: dense runs"):
+        for r in progress(todo_dense, desc="dense"):
+            dense_job(cfg, r, root, device)
+    with phase("grid: cells"):
+        for c in progress(todo_cells, desc="cells"):
+            cell_job(cfg, c, root, device)
+
+
+def _run_distributed(
+    cfg: ThreeRegimeConfig,
+    cache: ArtifactCache,
+    device: torch.device | str,
+    cells: list[Cell],
+    workers: int,
+    phase: Callable[[str], contextlib.AbstractContextManager],
+    shard: tuple[int, int],
+) -> None:
+    """The jobs of ``cells`` dealt over the launcher's processes; every process must call it (collectives).
+
+    1. Every process says which of the shard's cells and dense runs its cache holds; a job held by any process
+       is done. The others are dealt round robin: the missing dense runs of the missing cells, then the cells.
+    2. Each process trains its dense runs; each one then holds the dense runs its own cells prune (read from a
+       shared cache, or sent by the process that has it).
+    3. Each process computes its cells; rank 0 then holds every cell of the shard (sent where not shared).
+    """
+    rank, world = dist.rank(), dist.world_size()
+    root = cache.dir.parent
+    run_ids = sorted({dense_run_id(cfg, c) for c in cells})
+    cell_keys = [cell_key(cfg, c) for c in cells]
+    dense_keys = [dense_key(cfg, r) for r in run_ids]
+    held = dist.gather_objects(
+        ([i for i, k in enumerate(cell_keys) if ("cell", k) in cache],
+         [j for j, k in enumerate(dense_keys) if ("dense", k) in cache])
+    )  # fmt: skip
+    cell_holder: dict[int, int] = {}
+    dense_holder: dict[int, int] = {}
+    for r, (have_cells, have_dense) in enumerate(held):
+        for i in have_cells:
+            cell_holder.setdefault(i, r)
+        for j in have_dense:
+            dense_holder.setdefault(j, r)
+    todo_cells = [i for i in range(len(cells)) if i not in cell_holder]
+    needed = sorted({run_ids.index(dense_run_id(cfg, cells[i])) for i in todo_cells})
+    todo_dense = [j for j in needed if j not in dense_holder]
+    dense_holder.update({j: k % world for k, j in enumerate(todo_dense)})
+    cell_holder.update({i: k % world for k, i in enumerate(todo_cells)})
+    my_dense = [run_ids[j] for j in todo_dense[rank::world]]
+    my_cells = [cells[i] for i in todo_cells[rank::world]]
+    start = time.perf_counter()
+    log.info("shard %d/%d, process %d of %d: %d cells of %d to compute here (%d in all), %d dense runs of %d, "
+             "%d workers", *shard, rank, world, len(my_cells), len(cells), len(todo_cells), len(my_dense),
+             len(todo_dense), workers)  # fmt: skip
+    _compute(cfg, my_dense, [], root, str(device), workers, phase)
+    with phase("grid: exchange between processes"):
+        mine = {run_ids.index(dense_run_id(cfg, c)) for c in my_cells}
+        sent = _share(cache, "dense", dense_keys, dense_holder, needed_here=mine)
+    _compute(cfg, [], my_cells, root, str(device), workers, phase)
+    with phase("grid: exchange between processes"):
+        everything_on_rank_0 = set(range(len(cells))) if rank == 0 else set()
+        sent += _share(cache, "cell", cell_keys, cell_holder, needed_here=everything_on_rank_0)
+    log.info("shard %d/%d, process %d of %d done in %.1f s (%d jobs sent between processes)",
+             *shard, rank, world, time.perf_counter() - start, sent)  # fmt: skip
+
+
+def _share(cache: ArtifactCache, tag: str, keys: list, holder: dict[int, int], needed_here: set[int]) -> int:
+    """Every process ends with the jobs ``needed_here`` in its cache: each one some process lacks is sent by the
+    process that ``holder`` names (nothing is sent where the processes share one cache folder). Collective."""
+    lacking = sorted(i for i in needed_here if (tag, keys[i]) not in cache)
+    wanted = sorted({i for lacks in dist.gather_objects(lacking) for i in lacks})
+    for i in wanted:
+        src = holder[i]
+        value = dist.broadcast_object(cache.load(tag, keys[i]) if dist.rank() == src else None, src=src)
+        if i in lacking:
+            cache.save(tag, keys[i], value)
+    return len(wanted)
 
 
 def collect(cfg: ThreeRegimeConfig, cache: ArtifactCache) -> dict[Cell, dict]:

@@ -9,11 +9,13 @@ studies on the resulting grid. The claims are judged from the record by the rule
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common import distributed as dist
 from common.cli import RunContext, default_report
 from common.data import DatasetNotFoundError
 from common.plotting import plt, savefig, style
@@ -96,7 +98,12 @@ def run(cfg: ThreeRegimeConfig, ctx: RunContext) -> RunRecord:
     if ctx.device.type == "cpu" and cfg.model.arch == "mlp_bn":
         torch.set_num_threads(1)  # tiny matrices: one thread per job is far faster (notes §5.2)
     shard = (cfg.shard.index, cfg.shard.count)
+    if dist.world_size() > 1 and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") not in ("", "no"):
+        log.info("three_regime trains every job in float32, as the official code; the launcher's mixed precision "
+                 "(%s) is not used", os.environ["ACCELERATE_MIXED_PRECISION"])  # fmt: skip
     grid.run_jobs(cfg, ctx.cache, ctx.device, shard=shard, workers=cfg.shard.workers, phase=ctx.phase)
+    if not dist.is_main():  # rank 0 holds every cell now (grid._run_distributed) and alone writes the record
+        return ctx.new_record(seeds=list(cfg.seeds))
     with ctx.phase("analysis"):  # reading the cells back, the tables, the regimes, the claims
         results = grid.collect(cfg, ctx.cache)
         agg = aggregate(cfg, results)

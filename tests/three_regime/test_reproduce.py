@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from common.cli import main, report_all
 from common.data import DatasetNotFoundError
@@ -120,8 +121,13 @@ def test_paper_preset_without_cifar_says_what_to_put_where(tmp_results, capsys):
         run_cli("reproduce", "--preset", "paper", "--no-readme", "--results-dir", str(tmp_results), "--debug")
 
 
-def test_paper_code_path_at_tiny_scale(tmp_results, tmp_path, monkeypatch):
-    """PreResNet on CIFAR-shaped images (a fake CIFAR-10 of random pixels) through the whole pipeline."""
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])])
+def test_paper_code_path_at_tiny_scale(tmp_results, tmp_path, monkeypatch, device):
+    """PreResNet on CIFAR-shaped images (a fake CIFAR-10 of random pixels) through the whole pipeline; on CUDA
+    too under ``make test-gpu`` (float32, one process: the jobs do not use mixed precision)."""
     from three_regime import data
 
     rng = np.random.default_rng(0)
@@ -136,9 +142,10 @@ def test_paper_code_path_at_tiny_scale(tmp_results, tmp_path, monkeypatch):
     sets = [f"data.root={tmp_path}", "model.depth=8", "seeds=(1,)", "train.epochs=2", "retrain.seeds=(1,2)",
             "retrain.epochs=1", "retrain.test_error_last_epochs=1", "metrics.lmc_points=3", "metrics.cka_samples=16",
             "grid.training_epochs=(1,2)", "grid.densities=(10.0,80.0)"]  # fmt: skip
-    argv = ["reproduce", "--preset", "paper", "--no-readme", "--results-dir", str(tmp_results)]
+    argv = ["reproduce", "--preset", "paper", "--no-readme", "--results-dir", str(tmp_results), "--device", device]
     assert run_cli(*argv, *[a for s in sets for a in ("--set", s)]) == 0
     record = load_record(tmp_results / "three_regime" / "paper")
+    assert record.provenance["device"].startswith(device)
     assert np.asarray(record.extra["mean"]["mc"]).shape == (2, 2)
     assert record.config["model"]["arch"] == "preresnet" and record.config["data"]["augment"] is True
     # the official recipe (issue 13): raw-input projection shortcuts, black crop padding, BN pass of 64 per sample
