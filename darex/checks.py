@@ -12,9 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from common.config import ConfigError
 from common.errors import PathNotFoundError, UserError, require_path
 
 from .config import TINY_BERT, TINY_LLAMA, DarexConfig, DecoderConfig, TextConfig
+from .regimes import ANALYTICAL_ETA
 
 T = TypeVar("T")
 
@@ -176,8 +178,29 @@ def run_checks(checks: list[Callable[[], object]]) -> None:
     raise type(first)(f"{first} Also to fix: {', '.join(others)}.") from first
 
 
+def check_search_settings(cfg: DarexConfig) -> None:
+    """The settings of the q and η searches, checked up front (a bad value is a user error naming its key)."""
+    pc = cfg.prune
+    problems = []
+    if not pc.analytical_eta or set(pc.analytical_eta) - set(ANALYTICAL_ETA):
+        problems.append(f"prune.analytical_eta={pc.analytical_eta!r} (entries: {', '.join(ANALYTICAL_ETA)})")
+    if pc.objective_masks < 1:
+        problems.append(f"prune.objective_masks={pc.objective_masks} (at least 1)")
+    if pc.q_step <= 0 or pc.eta_step <= 0:
+        problems.append(f"prune.q_step={pc.q_step}, prune.eta_step={pc.eta_step} (both > 0)")
+    if not 0 < pc.fine_decay <= 1:
+        problems.append(f"prune.fine_decay={pc.fine_decay} (in (0, 1])")
+    if not 0 < pc.q_high <= 1:
+        problems.append(f"prune.q_high={pc.q_high} (in (0, 1]: q never exceeds 1)")
+    if not pc.etas:
+        problems.append("prune.etas is empty")
+    if problems:
+        raise ConfigError("invalid search settings: " + "; ".join(problems))
+
+
 def check_inputs(cfg: DarexConfig) -> None:
     """Every path the chosen experiment reads, checked up front (before any model is loaded or trained)."""
+    check_search_settings(cfg)
     if cfg.experiment == "text":
         run_checks(text_input_checks(cfg.text))
     elif cfg.experiment == "decoder":

@@ -91,6 +91,14 @@ class TextConfig:
     n_val: int = param(200, "labelled validation examples for choosing q (0 = all)")
     n_test: int = param(400, "test examples (0 = all)")
     n_unlabelled: int = param(64, "unlabelled training sentences for the label-free choice of q (output change)")
+    unlabelled_objective: Literal["head_input", "last_hidden"] = param(
+        "head_input",
+        "representation compared by the label-free objective: head_input = the task head's input on the first "
+        "n_unlabelled training sentences; last_hidden = the encoder's last_hidden_state at every token of "
+        "unlabelled_windows random windows of the training text (official; RoBERTa: classifier.dense applied)",
+    )
+    unlabelled_windows: int = param(50, "last_hidden: random windows of training text (official: 50)")
+    unlabelled_window: int = param(128, "last_hidden: tokens per window (official: 128)")
     calibration_windows: int = param(16, "packed token windows for the input statistics of WANDA and analytical q")
     window: int = param(64, "tokens per calibration window")
     max_length: int = param(64, "maximum tokens per example (RT snippets: 90% <= 42)")
@@ -137,6 +145,28 @@ class PruneConfig:
         (0.5, 0.9, 0.99), "rates of the large-delta comparison (those below figure_rate are the 'moderate' ones)"
     )
     q_grid_points: int = param(9, "synthetic experiment: grid size of its per-mask q searches (log-spaced in 1/q)")
+    q_search: Literal["log", "linear"] = param(
+        "log",
+        "global-q search: log = coarse/fine points log-spaced in 1/q; linear = the official sweep in q from 1-p "
+        "to q_high with q_step, then fine_decay x q_step around the best (both stop after `patience` misses)",
+    )
+    q_step: float = param(0.05, "linear q search: coarse step in q (official README example: 0.05)")
+    q_high: float = param(1.0, "linear q search: top of the coarse grid in q (official: u_bound <= 1)")
+    fine_decay: float = param(0.1, "linear searches: fine step = fine_decay x coarse step (official decay: 0.1)")
+    objective_masks: int = param(
+        1,
+        "masks the label-free objective averages per candidate q or η (official encoder: 4, the value farthest "
+        "from the mean dropped when >= 3); they are search masks, never scored ones",
+    )
+    analytical_eta: tuple[str, ...] = param(
+        ("output_change",),
+        "how η of the analytical per-layer q is chosen, one table row each: output_change (the label-free "
+        "objective) and/or labelled (validation metric, one mask: the official README's commands)",
+    )
+    eta_search: Literal["grid", "linear"] = param(
+        "grid", "η search: grid = the best of `etas`; linear = the official sweep from min(etas) to max(etas)"
+    )
+    eta_step: float = param(0.1, "linear η search: coarse step (official README: 0.1; fine: fine_decay x it)")
 
 
 @dataclass(frozen=True)
@@ -239,7 +269,11 @@ def paper() -> DarexConfig:
     ``accuracy_f1``; STS-B: ``pearson_spearman --set text.num_labels=1``). Hardware: one GPU.
     Time: about an hour per task (SST-2's 10 epochs dominate). Targets Tables 1-2 (whose numbers could
     not be read, see paper.py). Recipe: batch 16, lr 1e-5, 10 epochs, warm-up 6%, weight decay 0.01,
-    max length 128; validation = 10% of GLUE train, test = GLUE dev.
+    max length 128; validation = 10% of GLUE train, test = GLUE dev. Choosing q follows the official
+    ``find_q_encoder.py``: a linear sweep in q (step 0.05, fine step 0.005, stop after 4 misses); the label-free
+    objective is the mean |change| of ``last_hidden_state`` at every token of 50 random 128-token windows of the
+    training text, averaged over 4 search masks less the outlier; the analytical q's η is chosen on labelled
+    validation data (the README's commands) and, in a second row, by the label-free objective.
 
     Decoder (Table 3 setting; global q): ``--set experiment=decoder --set decoder.base_path=/models/Llama-2-7b-hf
     --set decoder.finetuned_path=/models/MetaMath-7B-V1.0 --set decoder.val_file=/gsm8k/train.jsonl
@@ -257,13 +291,24 @@ def paper() -> DarexConfig:
             window=128,
             max_length=128,
             eval_batch_size=128,
+            unlabelled_objective="last_hidden",
+            unlabelled_windows=50,
+            unlabelled_window=128,
         ),
         # Steps are set from the training file: 10 epochs of batch 16 (steps=0 means "10 epochs").
         finetune=FinetuneConfig(
             lr=1e-5, steps=0, batch_size=16, freeze="", large_delta_lr=1e-4, adamr_lambdas=(0.5, 2.0)
         ),
         prune=PruneConfig(
-            mask_seeds=(0, 1, 2, 3), coarse=10, fine=5, etas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.1), optimise_steps=200
+            mask_seeds=(0, 1, 2, 3),
+            coarse=10,
+            fine=5,
+            etas=(0.1, 0.3, 0.5, 0.7, 0.9, 1.1),
+            optimise_steps=200,
+            q_search="linear",
+            objective_masks=4,
+            analytical_eta=("labelled", "output_change"),
+            eta_search="linear",
         ),
     )
 

@@ -202,3 +202,19 @@ def packed_windows(
     if len(ids) < window * n_windows:
         raise ValueError(f"calibration texts give {len(ids)} tokens, need {window * n_windows}")
     return torch.tensor(ids[: window * n_windows]).view(n_windows, window)
+
+
+def random_windows(tokenizer, texts: Sequence[str], window: int, n_windows: int, seed: int = 0) -> torch.Tensor:
+    """``n_windows`` windows of ``window`` token ids at random places in the tokenised text of ``texts`` joined
+    by spaces: the inputs of the official label-free objective for encoders (50 windows of 128 tokens of the
+    task's training sentences; each start drawn uniformly from [0, tokens − window − 1] by a ``random.Random``
+    seeded with ``seed``, as the official loader does with the seed 0). Windows may overlap."""
+    ids = tokenizer(" ".join(texts), verbose=False)["input_ids"]
+    if len(ids) < window + 1:
+        raise DataFileError(
+            f"the training text gives {len(ids)} tokens, fewer than one window of {window} + 1 "
+            "(text.unlabelled_window); use a shorter window or more training text"
+        )
+    rng = random.Random(seed)
+    starts = [rng.randint(0, len(ids) - window - 1) for _ in range(n_windows)]
+    return torch.tensor([ids[s : s + window] for s in starts], dtype=torch.long)

@@ -34,8 +34,9 @@ from common.runtime import generator, progress
 from .checks import decoder_input_checks, load_or_explain, require_model_dir, run_checks
 from .config import TINY_BERT, TINY_LLAMA, DarexConfig, DecoderConfig
 from .data import DataFileError
-from .method import DeltaMismatchError, Deltas, coarse_to_fine_q, dare, delta_parameters, delta_statistics
+from .method import DeltaMismatchError, Deltas, dare, delta_parameters, delta_statistics, global_q_search
 from .models import load_tokenizer as load_model_tokenizer
+from .regimes import search_options
 
 log = logging.getLogger(__name__)
 
@@ -257,13 +258,13 @@ def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
     record.add(DECODER_REFS, DROPPED, "accuracy", dropped, unit="%")
     probe = dc.mask_seeds[0]  # q is chosen with the first mask, as in the encoder experiment
     for p in pc.rates:
-        q_lab, _ = coarse_to_fine_q(
+        q_lab, _ = global_q_search(
             lambda q, p=p: bench.accuracy(dare(bench.deltas, p, q, generator(probe)), val, f"val q={q:.3g}"),
-            p, pc.coarse, pc.fine, pc.patience,
+            p, **search_options(pc),
         )  # fmt: skip
-        q_free, _ = coarse_to_fine_q(
+        q_free, _ = global_q_search(
             lambda q, p=p: -bench.logit_change(dare(bench.deltas, p, q, generator(probe))),
-            p, pc.coarse, pc.fine, pc.patience,
+            p, **search_options(pc),
         )  # fmt: skip
         chosen = {"dare": 1.0 - p, "labelled": q_lab, "unlabelled": q_free}
         for method, q in chosen.items():

@@ -335,6 +335,84 @@ def coarse_to_fine_q(
     return search_global_q(scores.__getitem__, sorted(scores))
 
 
+def _arange(start: float, stop: float, step: float) -> list[float]:
+    """``numpy.arange(start, stop, step)`` rounded to 10 decimals (so 0.01 + 0.05 is the key 0.06), with a
+    tolerance of 1e-9 steps at ``stop`` so float noise neither adds nor drops the last point."""
+    n = max(0, math.ceil((stop - start) / step - 1e-9))
+    return [round(start + k * step, 10) for k in range(n)]
+
+
+def linear_search(
+    objective: Callable[[float], float],
+    low: float,
+    high: float,
+    step: float,
+    *,
+    decay: float = 0.1,
+    patience: int = 4,
+    upper: float = math.inf,
+) -> tuple[float, dict[float, float]]:
+    """The official two-stage sweep of one parameter (a global q, or the analytical q's η), maximising ``objective``.
+
+    Coarse: ``low, low + step, ...`` up to ``high`` (numpy's ``arange(low, high + step, step)``, as in the official
+    ``find_optimal_param``); fine: steps of ``decay · step`` from ``max(low + decay·step, best − (1 − decay)·step)``
+    up to (not including) ``best + step``. Each stage stops after ``patience`` values in a row that score below
+    the stage's best so far (a tie counts as an improvement, as in the official ``score >= best``). Values above
+    ``upper`` are skipped (q ≤ 1: the official sweep does not bound the fine stage). A value seen in the coarse
+    stage is not evaluated again. Returns the best value (ties to the first evaluated, i.e. the lowest coarse
+    one) and every score, in the order evaluated.
+    """
+    if step <= 0 or not 0 < decay <= 1:
+        raise ValueError(f"need step > 0 and 0 < decay <= 1, got step={step}, decay={decay}")
+    scores: dict[float, float] = {}
+
+    def sweep(points: list[float]) -> None:
+        best, since_best = -math.inf, 0
+        for x in points:
+            if x > upper + 1e-12:
+                break
+            if x not in scores:
+                scores[x] = float(objective(x))
+            if scores[x] >= best:
+                best, since_best = scores[x], 0
+            else:
+                since_best += 1
+                if since_best >= patience:
+                    break
+
+    sweep(_arange(low, high + step, step))
+    if not scores:
+        raise ValueError(f"empty search range: low={low} is above upper={upper}")
+    best = max(scores, key=scores.__getitem__)  # max keeps the first of equal scores
+    fine_low = max(low + step * decay, best - step * (1.0 - decay))
+    sweep(_arange(round(fine_low, 10), best + step, step * decay))
+    return max(scores, key=scores.__getitem__), scores
+
+
+def global_q_search(
+    objective: Callable[[float], float],
+    p: float,
+    *,
+    search: str = "log",
+    coarse: int = 7,
+    fine: int = 3,
+    patience: int = 4,
+    step: float = 0.05,
+    high: float = 1.0,
+    decay: float = 0.1,
+) -> tuple[float, dict[float, float]]:
+    """A global q in [1 − p, 1] that maximises ``objective``: ``search="log"`` is :func:`coarse_to_fine_q`
+    (``coarse``/``fine`` points in log(1/q)); ``"linear"`` is the official :func:`linear_search` in q from 1 − p
+    to ``high`` with ``step`` (fine step ``decay · step``)."""
+    if search == "log":
+        return coarse_to_fine_q(objective, p, coarse, fine, patience)
+    if search == "linear":
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"pruning rate p must be in [0, 1), got {p}")
+        return linear_search(objective, round(1.0 - p, 10), high, step, decay=decay, patience=patience, upper=1.0)
+    raise ValueError(f"search must be 'log' or 'linear', got {search!r}")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Calibration statistics of linear-layer inputs (for WANDA and the analytical q)
 
@@ -471,7 +549,8 @@ def analytical_row_q(
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
     n_steps = math.floor((q_max - (1.0 - p)) / step + 1e-9) + 1
-    q = (1.0 - p) + step * torch.arange(max(n_steps, 1), dtype=torch.float64)
+    device = c.device  # every tensor of the scan lives where c does (a CUDA run keeps it on the GPU)
+    q = (1.0 - p) + step * torch.arange(max(n_steps, 1), dtype=torch.float64, device=device)
     c = c.to(dtype)
     s1 = c.sum(1, keepdim=True)
     s2 = c.pow(2).sum(1, keepdim=True)
@@ -481,8 +560,10 @@ def analytical_row_q(
     # Best so far before each step (+inf before the first), and each row's first flagged step.
     previous_best = torch.cat([torch.full_like(objective[:, :1], math.inf), objective.cummin(1).values[:, :-1]], 1)
     flagged = objective >= previous_best
-    first_flag = torch.where(flagged.any(1), flagged.float().argmax(1), torch.full((c.shape[0],), len(q)))
-    flagged_by_step = (first_flag.unsqueeze(1) <= torch.arange(len(q)).unsqueeze(0)).sum(0)
+    first_flag = torch.where(
+        flagged.any(1), flagged.float().argmax(1), torch.full((c.shape[0],), len(q), device=device)
+    )
+    flagged_by_step = (first_flag.unsqueeze(1) <= torch.arange(len(q), device=device).unsqueeze(0)).sum(0)
     reached = (flagged_by_step >= stop_fraction * c.shape[0]).nonzero()
     stop = int(reached[0]) if len(reached) else len(q) - 1
     # The last update up to the stop is the last step at which the row's minimum (so far) was attained.
@@ -544,6 +625,38 @@ def head_inputs(model: nn.Module, head: nn.Module, run: Callable[[nn.Module], ob
 def output_change(reference: torch.Tensor, pruned: torch.Tensor) -> float:
     """Mean absolute change of the last-layer representation: the label-free proxy for choosing q."""
     return (reference - pruned).abs().mean().item()
+
+
+@torch.no_grad()
+def last_hidden_states(model: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """The encoder's ``last_hidden_state`` at every token of ``windows`` (rows of token ids, no padding), one row
+    per token: the representation of the official label-free objective for encoders. A RoBERTa-style head
+    (``classifier.dense`` then ``classifier.out_proj``) has its ``dense`` layer applied to every token's state,
+    as the official code does for RoBERTa; a BERT-style head (one linear ``classifier``) reads the state as is.
+    """
+    device = next(model.parameters()).device
+    encoder = model.base_model
+    head = getattr(model, "classifier", None)
+    dense = head.dense if hasattr(head, "dense") and hasattr(head, "out_proj") else None
+    states = []
+    for chunk in windows.split(batch_size):
+        h = encoder(input_ids=chunk.to(device)).last_hidden_state
+        if dense is not None:
+            h = dense(h)
+        states.append(h.float().reshape(-1, h.shape[-1]))
+    return torch.cat(states)
+
+
+def trimmed_mean(values: Sequence[float]) -> float:
+    """The mean after dropping the one value farthest from the mean, when there are at least 3 (the official
+    encoder objective averages the output change over 4 masks this way); the plain mean otherwise."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("no values")
+    if len(values) >= 3:
+        mean = sum(values) / len(values)
+        values.pop(max(range(len(values)), key=lambda i: abs(values[i] - mean)))
+    return sum(values) / len(values)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -44,7 +44,44 @@ SYNTHETIC_METHODS = {
 }
 """The collapse regime's DPP methods: q is chosen for every mask on its own (the whole procedure is replicated)."""
 
-RANDOM_METHODS = ("dare", "darex_q_labelled", "darex_q_unlabelled", "darex_q_analytical", "darex_q_optimised")
+ANALYTICAL_LABELLED = "darex_q_analytical_labelled"
+"""The analytical per-layer q with η chosen on labelled validation data (``prune.analytical_eta`` with
+``labelled``; the official README's commands). Not in ``METHODS``: runs whose config does not ask for it keep
+the table they always had."""
+
+METHOD_LABELS = {**METHODS, ANALYTICAL_LABELLED: "DAREx-q, per-layer analytical q (η on labelled validation)"}
+"""Row labels of every method the real regime can run."""
+
+ANALYTICAL_ETA = {"output_change": "darex_q_analytical", "labelled": ANALYTICAL_LABELLED}
+"""``prune.analytical_eta`` entry -> the method (table row) it produces."""
+
+RANDOM_METHODS = ("dare", "darex_q_labelled", "darex_q_unlabelled", "darex_q_analytical", ANALYTICAL_LABELLED,
+                  "darex_q_optimised")  # fmt: skip
+
+
+def text_methods(prune) -> dict[str, str]:
+    """The real regime's methods for a ``PruneConfig`` in table order: ``METHODS``, with the analytical q once per
+    entry of ``prune.analytical_eta`` (``("output_change",)``, the default, gives ``METHODS`` itself)."""
+    unknown = set(prune.analytical_eta) - set(ANALYTICAL_ETA)
+    if unknown or not prune.analytical_eta:
+        raise ValueError(f"prune.analytical_eta entries must be among {sorted(ANALYTICAL_ETA)}, got "
+                         f"{prune.analytical_eta}")  # fmt: skip
+    out: dict[str, str] = {}
+    for key, label in METHODS.items():
+        if key != "darex_q_analytical":
+            out[key] = label
+            continue
+        for how in prune.analytical_eta:
+            method = ANALYTICAL_ETA[how]
+            out[method] = METHOD_LABELS[method]
+    return out
+
+
+def search_options(prune) -> dict:
+    """Keyword arguments of :func:`darex.method.global_q_search` from a ``PruneConfig``."""
+    return {"search": prune.q_search, "coarse": prune.coarse, "fine": prune.fine, "patience": prune.patience,
+            "step": prune.q_step, "high": prune.q_high, "decay": prune.fine_decay}  # fmt: skip
+
 
 MAIN_TABLE = "Table 1 analogue: task metric after delta-parameter pruning"
 REFERENCE_TABLE = "Unpruned references"
@@ -72,6 +109,13 @@ def mask_id(seed: int, mask_seed: int) -> int:
 def seed_of(mask: int) -> int:
     """The fine-tuning seed a mask id belongs to."""
     return mask // 1_000
+
+
+def search_mask_ids(seed: int, n: int) -> list[int]:
+    """The ``n`` masks with which the real regime chooses q for the model of ``seed``: ``mask_id(seed, SEARCH_MASK)``
+    first, then that id plus 10⁶·k (k = 1, 2, ...); never a scored mask (their ids stay below 10⁶ for seeds < 1000)."""
+    first = mask_id(seed, SEARCH_MASK)
+    return [first + 1_000_000 * k for k in range(max(1, n))]
 
 
 def mask_ids(seeds, mask_seeds) -> list[int]:

@@ -42,25 +42,40 @@ from common.runtime import ArtifactCache, PhaseTimer, generator
 from . import claims, synthetic
 from .checks import check_inputs, run_checks, text_input_checks
 from .config import DarexConfig, TextConfig
-from .data import Encoded, Example, batches, encode, group_split, packed_windows, read_labelled_file, rotten_tomatoes
+from .data import (
+    Encoded,
+    Example,
+    batches,
+    encode,
+    group_split,
+    packed_windows,
+    random_windows,
+    read_labelled_file,
+    rotten_tomatoes,
+)
 from .method import (
     Deltas,
     analytical_layer_q,
-    coarse_to_fine_q,
     collect_input_statistics,
     dare,
     delta_parameters,
     delta_statistics,
+    global_q_search,
     head_inputs,
     kept_fraction,
+    last_hidden_states,
+    linear_search,
     magnitude_prune,
     optimise_layer_q,
     output_change,
     q_grid,
+    trimmed_mean,
     wanda_prune,
 )
 from .models import load_classifier, load_tokenizer
 from .regimes import (
+    ANALYTICAL_ETA,
+    ANALYTICAL_LABELLED,
     DROPPED,
     LARGE,
     MAIN_TABLE,
@@ -82,6 +97,9 @@ from .regimes import (
     model_table,
     rate_metric,
     rate_plan,
+    search_mask_ids,
+    search_options,
+    text_methods,
     text_regime_name,
     unpruned_setting,
     validation_metric,
@@ -101,6 +119,7 @@ COLORS = {
     "darex_q_labelled": method_color("ours"),
     "darex_q_unlabelled": "#ff9896",
     "darex_q_analytical": "#8c1a1b",
+    ANALYTICAL_LABELLED: "#5c0f10",
     "darex_q_optimised": "#e7969c",
     "magnitude": method_color("magnitude"),
     "wanda": "#17becf",
@@ -121,6 +140,7 @@ class TextTask:
     unlabelled: dict[str, torch.Tensor]
     calibration: torch.Tensor
     train_texts: list[str]
+    objective_windows: torch.Tensor | None = None  # text.unlabelled_objective="last_hidden": its token windows
 
     def split(self, name: str) -> Encoded:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
@@ -154,10 +174,14 @@ def load_task(text: TextConfig) -> TextTask:
     unlabelled_batch = next(batches(unlabelled, len(unlabelled), tokenizer.pad_token_id))
     unlabelled_batch.pop("labels")
     texts = [e.text for e in splits["train"]]
+    windows = None
+    if text.unlabelled_objective == "last_hidden":
+        windows = random_windows(tokenizer, texts, text.unlabelled_window, text.unlabelled_windows, seed=0)
     return TextTask(
         tokenizer=tokenizer, pad_id=tokenizer.pad_token_id, train=encoded["train"], val=encoded["val"],
         test=encoded["test"], unlabelled=unlabelled_batch,
         calibration=packed_windows(tokenizer, texts, text.window, text.calibration_windows), train_texts=texts,
+        objective_windows=windows,
     )  # fmt: skip
 
 
@@ -200,8 +224,10 @@ def finetuned_model(cfg: DarexConfig, cache: ArtifactCache, device: torch.device
 class Bench:
     """θ_P + Δ̂ loaded into a copy of the fine-tuned model (its task head kept), scored on the task.
 
-    The unpruned model's last-layer representation of the unlabelled batch is kept as the reference
-    of the label-free objective (the change of the last layer's output, DAREx §4).
+    The unpruned model's last-layer representation is kept as the reference of the label-free objective (the
+    change of the last layer's output, DAREx §4): the task head's input on the unlabelled sentences
+    (``text.unlabelled_objective="head_input"``) or the encoder's last hidden state at every token of the
+    task's random windows (``"last_hidden"``, the official objective).
     """
 
     def __init__(self, pretrained: nn.Module, finetuned: nn.Module, task: TextTask, cfg: DarexConfig, name: str):
@@ -220,6 +246,8 @@ class Bench:
             model(input_ids=window.to(device))
 
     def _representation(self) -> torch.Tensor:
+        if self.task.objective_windows is not None:
+            return last_hidden_states(self.probe, self.task.objective_windows)
         device = next(self.probe.parameters()).device
         batch = {k: v.to(device) for k, v in self.task.unlabelled.items()}
         return head_inputs(self.probe, self.head, lambda m: m(**batch))
@@ -279,7 +307,7 @@ class Bench:
 class RateResult:
     scores: dict[str, list[float]]  # method -> test metric per mask (one value for deterministic methods)
     inv_q: dict[str, float]  # method -> chosen 1/q (analytical: mean over layers)
-    eta: float | None = None
+    eta: dict[str, float] = dataclasses.field(default_factory=dict)  # analytical method -> chosen η
 
 
 def _untimed(name: str) -> contextlib.AbstractContextManager:
@@ -287,41 +315,66 @@ def _untimed(name: str) -> contextlib.AbstractContextManager:
 
 
 def prune_at_rate(
-    bench: Bench, p: float, cfg: DarexConfig, mask_seeds: list[int], methods: tuple[str, ...], search_seed: int,
-    phase: Callable[[str], contextlib.AbstractContextManager] = _untimed,
+    bench: Bench, p: float, cfg: DarexConfig, mask_seeds: list[int], methods: tuple[str, ...],
+    search_seeds: int | list[int], phase: Callable[[str], contextlib.AbstractContextManager] = _untimed,
 ) -> RateResult:  # fmt: skip
-    """Every DPP method in ``methods`` at rate ``p``: each q is chosen once, with the mask of ``search_seed``
-    (never one of the scored masks), then every mask in ``mask_seeds`` is scored on the test split with it.
+    """Every DPP method in ``methods`` at rate ``p``: each q is chosen once, with the masks of ``search_seeds``
+    (never scored ones), then every mask in ``mask_seeds`` is scored on the test split with it.
+
+    Labelled objectives (validation metric) use the first search mask, as the official code does; the label-free
+    one (the output change) averages ``prune.objective_masks`` of them (:func:`darex.method.trimmed_mean`).
+    Global q: :func:`darex.method.global_q_search` (``prune.q_search``). The analytical q's η: for each entry of
+    ``prune.analytical_eta`` (output change, labelled), the best of ``prune.etas`` or the official linear sweep
+    over their range (``prune.eta_search``).
 
     A global q equal to one already scored (often DARE's own 1 - p) gives the same pruned deltas, mask by mask,
     so its scores are reused rather than recomputed. ``phase`` is the job's phase timer (default: none):
     choosing q is timed as "q search", the test scores as "evaluation", drawing the pruned deltas inside either
     as "deltas and pruning"."""
     pc, d = cfg.prune, bench.deltas
+    search_seeds = [search_seeds] if isinstance(search_seeds, int) else list(search_seeds)
+    objective_seeds = search_seeds[: pc.objective_masks]
 
-    def dare_with(q, mask_seed=search_seed) -> Deltas:
+    def dare_with(q, mask_seed=search_seeds[0]) -> Deltas:
         with phase("deltas and pruning"):
             return dare(d, p, q, generator(mask_seed))
 
+    def labelled(q) -> float:
+        return bench.score(dare_with(q), "val")
+
+    def label_free(q) -> float:
+        """Minus the output change (maximised), averaged over the objective's masks less the outlier."""
+        return -trimmed_mean([bench.change(dare_with(q, s)) for s in objective_seeds])
+
     q_for: dict[str, float | dict[str, float] | None] = {"dare": None}
     inv_q: dict[str, float] = {"dare": 1.0 / (1.0 - p)}
-    eta = None
+    eta: dict[str, float] = {}
     with phase("q search"):
         if "darex_q_labelled" in methods:
-            q_for["darex_q_labelled"], _ = coarse_to_fine_q(
-                lambda q: bench.score(dare_with(q), "val"), p, pc.coarse, pc.fine, pc.patience
-            )
+            q_for["darex_q_labelled"], _ = global_q_search(labelled, p, **search_options(pc))
         if "darex_q_unlabelled" in methods:
-            q_for["darex_q_unlabelled"], _ = coarse_to_fine_q(
-                lambda q: -bench.change(dare_with(q)), p, pc.coarse, pc.fine, pc.patience
-            )
-        if "darex_q_analytical" in methods and p > 0:
+            q_for["darex_q_unlabelled"], _ = global_q_search(label_free, p, **search_options(pc))
+        analytical = {how: m for how, m in ANALYTICAL_ETA.items() if m in methods}
+        if analytical and p > 0:
             means = {name: s.mean for name, s in bench.stats.items()}
-            candidates = {e: analytical_layer_q(d, means, p, e) for e in pc.etas}
-            eta = min(candidates, key=lambda e: bench.change(dare_with(candidates[e])))
-            q_for["darex_q_analytical"] = candidates[eta]
+            candidates: dict[float, dict[str, float]] = {}
+
+            def layer_q(e: float) -> dict[str, float]:
+                e = round(e, 10)
+                if e not in candidates:
+                    candidates[e] = analytical_layer_q(d, means, p, e)
+                return candidates[e]
+
+            for how, method in analytical.items():
+                objective = labelled if how == "labelled" else label_free
+                if pc.eta_search == "linear":
+                    eta[method], _ = linear_search(lambda e, f=objective: f(layer_q(e)), min(pc.etas), max(pc.etas),
+                                                   pc.eta_step, decay=pc.fine_decay, patience=pc.patience)  # fmt: skip
+                else:  # the first of the best (the grid's order breaks ties)
+                    eta[method] = max(pc.etas, key=lambda e, f=objective: f(layer_q(e)))
+                q_for[method] = layer_q(eta[method])
         if "darex_q_optimised" in methods and p in pc.optimise_rates:
-            q_for["darex_q_optimised"] = bench.optimised_q(p, search_seed, pc.optimise_steps, pc.optimise_batch)
+            q_for["darex_q_optimised"] = bench.optimised_q(p, search_seeds[0], pc.optimise_steps, pc.optimise_batch)
     for method, q in q_for.items():
         if isinstance(q, dict):
             inv_q[method] = sum(1.0 / v for v in q.values()) / len(q)
@@ -377,9 +430,9 @@ def text_models(cfg: DarexConfig) -> list[str]:
 
 def text_plan(cfg: DarexConfig, model: str) -> list[tuple[float, tuple[str, ...]]]:
     """The rates a fine-tune is pruned at, with its methods (:func:`regimes.rate_plan`; this regime's standard
-    fine-tune gets ``METHODS``; the extreme rate is ``prune.figure_rate``)."""
+    fine-tune gets :func:`regimes.text_methods`; the extreme rate is ``prune.figure_rate``)."""
     r = cfg.prune
-    return rate_plan(tuple(METHODS), r.rates, r.large_delta_rates, r.figure_rate, model)
+    return rate_plan(tuple(text_methods(r)), r.rates, r.large_delta_rates, r.figure_rate, model)
 
 
 def _spec(cfg: DarexConfig, seed: int, model: str, n_train: int) -> FinetuneSpec:
@@ -444,7 +497,8 @@ def text_job(job: Job, cfg: DarexConfig, cache: ArtifactCache, device: torch.dev
     p = job.rate
     methods = dict(text_plan(cfg, model))[p]
     masks = [mask_id(seed, m) for m in cfg.prune.mask_seeds]
-    result = prune_at_rate(bench, p, cfg, masks, methods, mask_id(seed, SEARCH_MASK), phase=phase)
+    search = search_mask_ids(seed, cfg.prune.objective_masks)
+    result = prune_at_rate(bench, p, cfg, masks, methods, search, phase=phase)
     out = {"scores": result.scores, "inv_q": result.inv_q, "eta": result.eta}
     if model not in (STANDARD, LARGE) and len(cfg.finetune.adamr_lambdas) > 1:
         with phase("q search"):  # choosing among several λ needs DARE's validation score
@@ -531,7 +585,8 @@ def add_text_to_record(record: RunRecord, cfg: DarexConfig, results: dict[tuple,
     unit = "%" if metric == "accuracy" else ""
     masks = mask_ids(seeds, cfg.prune.mask_seeds)
     refs = {(s, model): results[(s, model, "references", None)] for s in seeds for model in text_models(cfg)}
-    record.extra.update(mask_seeds=list(cfg.prune.mask_seeds), metric=metric, methods=METHODS,
+    methods = text_methods(cfg.prune)
+    record.extra.update(mask_seeds=list(cfg.prune.mask_seeds), metric=metric, methods=methods,
                         sizes=refs[(seeds[0], STANDARD)]["sizes"])  # fmt: skip
     for model in text_models(cfg):
         for setting in (unpruned_setting(model), *([DROPPED] if model == STANDARD else [])):
@@ -539,12 +594,12 @@ def add_text_to_record(record: RunRecord, cfg: DarexConfig, results: dict[tuple,
                        seeds=seeds, unit=unit)  # fmt: skip
     for model in text_models(cfg):
         at = {p: [results[(s, model, "rate", p)] for s in seeds] for p, _ in text_plan(cfg, model)}
-        for method in METHODS:
+        for method in methods:
             for p, runs in at.items():
                 if method not in runs[0]["scores"]:
                     continue
                 random = method in RANDOM_METHODS
-                record.add(model_table(TEXT, model), METHODS[method], rate_metric(metric, p),
+                record.add(model_table(TEXT, model), methods[method], rate_metric(metric, p),
                            [v for r in runs for v in r["scores"][method]], seeds=masks if random else seeds,
                            unit=unit)  # fmt: skip
         for p, runs in at.items():
@@ -554,15 +609,16 @@ def add_text_to_record(record: RunRecord, cfg: DarexConfig, results: dict[tuple,
     for model in text_models(cfg):
         at = {p: [results[(s, model, "rate", p)] for s in seeds] for p, _ in text_plan(cfg, model)}
         suffix = "" if model == STANDARD else f" ({model})"
-        for method in METHODS:
+        for method in methods:
             for p, runs in at.items():
                 if method != "dare" and method in runs[0]["inv_q"]:
-                    record.add(Q_TABLE, METHODS[method] + suffix, inv_q_metric(p),
+                    record.add(Q_TABLE, methods[method] + suffix, inv_q_metric(p),
                                [r["inv_q"][method] for r in runs], seeds=seeds)  # fmt: skip
-        for p, runs in at.items():
-            if runs[0]["eta"] is not None:
-                record.add(Q_TABLE, METHODS["darex_q_analytical"] + suffix, f"η at p={p}", [r["eta"] for r in runs],
-                           seeds=seeds)  # fmt: skip
+        for method in methods:
+            for p, runs in at.items():
+                if method in runs[0]["eta"]:
+                    record.add(Q_TABLE, methods[method] + suffix, f"η at p={p}", [r["eta"][method] for r in runs],
+                               seeds=seeds)  # fmt: skip
     p_max = cfg.prune.figure_rate
     storage = results.get((seeds[0], STANDARD, "rate", p_max), {}).get("storage", {})
     for name, value in storage.items():

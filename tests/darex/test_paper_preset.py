@@ -8,6 +8,7 @@ import random
 import pytest
 
 from common.results import load_record
+from darex.regimes import ANALYTICAL_LABELLED, METHOD_LABELS
 from tests.test_cli import run_cli
 
 pytestmark = pytest.mark.e2e  # whole preset runs; `make test` skips them on its second kernel pass
@@ -38,6 +39,7 @@ def test_paper_preset_on_tiny_files(tmp_path, task):
         "text.model_path": "tiny-bert", "text.train_file": str(tmp_path / "train.tsv"),
         "text.val_file": str(tmp_path / "val.tsv"), "text.test_file": str(tmp_path / "test.tsv"),
         "text.calibration_windows": "2", "text.window": "16", "text.max_length": "16", "text.n_unlabelled": "8",
+        "text.unlabelled_windows": "3", "text.unlabelled_window": "16",
         "finetune.batch_size": "8", "finetune.adamr_lambdas": "(0.5,)", "prune.rates": "(0.9,)",
         "prune.mask_seeds": "(0, 1)", "prune.coarse": "3", "prune.fine": "1", "prune.etas": "(0.5,)",
         "prune.figure_rate": "0.9", "prune.figure_points": "3", "prune.large_delta_rates": "(0.5,)",
@@ -54,6 +56,15 @@ def test_paper_preset_on_tiny_files(tmp_path, task):
     assert len(ft.values) == 1
     table = record.tables()["Table 1 analogue: task metric after delta-parameter pruning"]
     assert any(m.setting.startswith("DAREx-q") for m in table)
+    # The official recipe (issue 13): η of the analytical q on labelled data and by output change, both reported;
+    # global q on the official linear grid (steps of 0.05 from 1 - p, fine steps of 0.005).
+    settings = {m.setting for m in table}
+    assert {METHOD_LABELS[ANALYTICAL_LABELLED], METHOD_LABELS["darex_q_analytical"]} <= settings
+    for method in ("darex_q_labelled", "darex_q_unlabelled"):
+        q = 1 / record.get("Chosen rescaling factors", METHOD_LABELS[method], "1/q at p=0.9 (DARE: 10)").values[0]
+        assert 0.1 - 1e-9 <= q <= 1.0 + 1e-9 and round((q - 0.1) / 0.005, 6).is_integer()
+    eta = record.get("Chosen rescaling factors", METHOD_LABELS[ANALYTICAL_LABELLED], "η at p=0.9").values[0]
+    assert 0.5 <= eta <= 0.6, "prune.etas=(0.5,): the sweep's fine stage may step up to (not past) 0.5 + 0.1"
     assert (out / "darex" / "paper" / "results.md").is_file()
 
 
