@@ -209,8 +209,8 @@ def c1_gate_identity(record: RunRecord) -> Spec | None:
 
     def evaluate(seeds: list[int]) -> list[Test]:
         err = max(g[s]["max_rel_err"] for s in seeds)
-        return [Test("max relative error, (∂L/∂g_S)² vs (Σ w ∂L/∂w)²", exact(err, len(seeds)), FLOAT64_EXACT, higher=False,
-                     digits=-1)]  # fmt: skip
+        name = "max relative error, (∂L/∂g_S)² vs (Σ w ∂L/∂w)²"
+        return [Test(name, exact(err, len(seeds)), FLOAT64_EXACT, higher=False, digits=-1)]
 
     j = Judgement(evaluate(_seeds(per_seed)), precondition=pre)  # a computation: no halves to replicate
     worst = max(v["max_rel_err"] for v in g.values())

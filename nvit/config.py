@@ -72,7 +72,15 @@ class DataConfig:
     mixup: float = param(0.0, "mixup alpha (0 = off; official: DeiT default 0.8)")
     cutmix: float = param(0.0, "cutmix alpha (0 = off; official: DeiT default 1.0)")
     random_erasing: float = param(0.0, "random-erasing probability (official: DeiT default 0.25)")
-    repeated_augmentation: bool = param(False, "DeiT's repeated-augmentation sampler (official: on)")
+    repeated_augmentation: bool = param(
+        False,
+        "DeiT's repeated-augmentation sampler in every training loop (official: on): each epoch shows every image "
+        "3 times, the copies in different processes' shares of a batch, and stops after N//256*256 draws (so an "
+        "epoch sees about a third of the images); only useful with random augmentation",
+    )
+    num_workers: int = param(
+        0, "DataLoader worker processes per process for image folders (official --num_workers: 10); 0 = load inline"
+    )
 
 
 @dataclass(frozen=True)
@@ -124,7 +132,16 @@ class PruneConfig:
     structure_divisors: tuple[float, float, float, float, float] = param(
         (12.0, 12.0, 2.0, 2.0, 1.0),
         "each (EMB, H, QK, V, MLP) unit's summed w·g is divided by these before squaring, i.e. score factors "
-        "1/144, 1/144, 1/4, 1/4, 1 (official code; not in the paper text); all 1.0 = the raw Eq. 6 score",
+        "1/144, 1/144, 1/4, 1/4, 1 (official code, where they go with score_weights='official'; not in the paper "
+        "text); all 1.0 = the raw Eq. 6 score",
+    )
+    score_weights: Literal["dependency", "official"] = param(
+        "dependency",
+        "which weights a unit's sum of w·g runs over: 'dependency' = every weight that pruning the unit zeroes (the "
+        "score is then exactly the squared gradient of a gate on the group, Eq. 4-6); 'official' = the official "
+        "code's criterion sets (QK: q rows only; V: v rows only; MLP: fc1 rows only; H: q/k/v rows; EMB: patch "
+        "embedding, proj and fc2 rows, q/k/v and fc1 columns; no LayerNorm, tokens, position embedding or "
+        "classifier), the sets its structure divisors were written for",
     )
     score_momentum: float = param(
         0.9, "EMA of the scores across pruning steps (official config group8_m23_m09: 0.9; 0 = none)"
@@ -257,8 +274,14 @@ class KDConfig:
     cnn_teacher_path: str = param("", "local file with the CNN teacher's weights (required with cnn_teacher)")
     kl_reduction: Literal["batchmean", "mean"] = param(
         "batchmean",
-        "reduction of the KL term: 'batchmean' = the KL divergence per image; 'mean' = torch's KLDivLoss default "
-        "(divided by the number of classes too), which the official 1e5 coefficient assumes",
+        "reduction of the KL term: 'batchmean' = the KL summed over classes and averaged over images (sum / B); "
+        "'mean' = sum / (B * classes), what torch's KLDivLoss default computes and the official 1e5 coefficient "
+        "assumes (computed explicitly here, so a change of torch's semantics cannot make it 1000x stronger)",
+    )
+    finetune_kl_per_head: bool = param(
+        False,
+        "after pruning, with a distillation token: the KL term per head, (KL(cls_s, cls_t) + KL(dist_s, dist_t)) / 2, "
+        "as the official finetune_dense.py does; False = one KL on the averaged heads (as in the pruning phase)",
     )
 
 
@@ -274,8 +297,22 @@ class FinetuneConfig:
     )
     lr: float = param(2e-4, "AdamW peak learning rate, cosine decay (official: 2e-4 scaled by batch/512)")
     scale_lr_by_batch: bool = param(False, "multiply lr by batch_size/512 (DeiT's linear scaling; paper: True)")
-    weight_decay: float = param(
-        0.05, "AdamW weight decay (the notes give 0.05 for the pruning phase only; assumed here too)"
+    weight_decay: float = param(0.05, "AdamW weight decay (official finetune_dense.py default: 0.05)")
+    min_lr: float = param(
+        0.0, "floor of the cosine schedule, not scaled by the batch (official finetune_dense.py: 1e-5; 0 = decay to 0)"
+    )
+    model_ema_decay: float = param(
+        0.0,
+        "decay of an exponential moving average of the fine-tuned weights, updated after every step (official: "
+        "timm ModelEma, 0.99996, saved beside the model; the official evaluation reports the model itself, not the "
+        "EMA, and so do we: the EMA's top-1 is recorded beside it); 0 = no EMA",
+    )
+    drop_path: float = param(
+        0.0,
+        "stochastic depth during the fine-tune, rising linearly to this rate in the last block (timm's rule). The "
+        "official finetune_dense.py builds its models with --drop-path 0.1 but trains with the student in eval mode "
+        "(finetune_one_epoch(set_training_mode=args.finetune == '')), where drop path does nothing; so 0 here is "
+        "what the official run computes, and 0.1 is DeiT's training-mode recipe",
     )
     scratch_baseline: bool = param(
         False,
@@ -308,6 +345,12 @@ class NViTConfig:
 
     seeds: tuple[int, ...] = param((0, 1, 2), "seeds; tables report mean ± std over them")
     amp: bool = param(False, "mixed precision on CUDA (paper: --amp); ignored on the CPU")
+    accumulation: int = param(
+        1,
+        "gradient accumulation: every training batch (dense, pruning, fine-tune) is split into this many "
+        "micro-batches per process, so the global batch sizes stay the official ones on fewer or smaller GPUs "
+        "(with NPROC=N each process takes batch/N rows, in accumulation pieces)",
+    )
     max_threads: int = param(
         1,
         "cap on torch CPU threads for this run, below --threads / PRUNE_REPRO_THREADS / all cores (0 = no cap). "
@@ -328,6 +371,14 @@ class NViTConfig:
         "ReViT check (Table 6 rule): train a ReViT model with about the dense model's parameters from scratch with "
         "the dense recipe for this many epochs and compare it with the dense (uniform, DeiT-rule) model at the "
         "same epochs (0 = skip)",
+    )
+    revit_rule: Literal["table6", "official"] = param(
+        "table6",
+        "the ReViT widths: 'table6' = the rule as the paper's Table 6 states it (H = eps*EMB/100 rounded to even, "
+        "QK = eps*EMB/20 rounded to 8, eps = 2 in blocks 4-9); 'official' = the official revit_scratch.py builder "
+        "(10 heads in blocks 1 and 12, QK in steps of 16 or 8; at EMB 384 with a distillation token it gives "
+        "Table 7's 23M params / 4.7G MACs, the Table 6 rule 22.4M / 4.5G); 'official' needs depth 12 and head width "
+        "64 (python -m nvit archtable compares both)",
     )
 
 
@@ -408,13 +459,16 @@ def mini() -> NViTConfig:
 def paper() -> NViTConfig:
     """DeiT-B (distilled) on ImageNet-1K pruned to NViT-B/H/S/T latency targets, then 300-epoch fine-tune (Table 1).
 
-    Command: ``make reproduce-nvit PRESET=paper ARGS="--set data.root=/path/to/imagenet
+    Command: ``make reproduce-nvit PRESET=paper NPROC=8 ARGS="--set data.root=/path/to/imagenet
     --set model.pretrained_path=/path/to/deit_base_distilled_patch16_224.pth
-    --set kd.cnn_teacher_path=/path/to/regnety_160.pth"``.
+    --set kd.cnn_teacher_path=/path/to/regnety_160.pth"`` (``NPROC=N``: N data-parallel processes through
+    ``accelerate launch``, bf16; the batch sizes are global; ``--set accumulation=k`` keeps them on fewer GPUs).
     Hardware: GPUs (official: 4 V100 for pruning, 8 V100 per node for fine-tuning); the paths above are
     required and the run stops with a message naming the missing one.
     Expected time: a few hundred GPU-hours (rough estimate in the notes, unverified).
-    Targets: Table 1 (params, FLOPs, V100 speedup, top-1 of NViT-B/H/S/T).
+    Targets: Table 1 (params, FLOPs, V100 speedup, top-1 of NViT-B/H/S/T). Score over the official criterion
+    sets with the official factors; the official fine-tune recipe (per-head KL at T = 20, cosine floor 1e-5,
+    weight EMA, repeated augmentation).
     """
     cfg = NViTConfig()
     return replace(
@@ -447,6 +501,7 @@ def paper() -> NViTConfig:
             cutmix=1.0,
             random_erasing=0.25,
             repeated_augmentation=True,
+            num_workers=10,
         ),
         dense=replace(cfg.dense, epochs=0),
         revit_epochs=0,  # the ReViT check trains from scratch: not on ImageNet in this preset
@@ -462,6 +517,7 @@ def paper() -> NViTConfig:
             batch_size=512,
             lr=1e-4,
             scale_lr_by_batch=True,
+            score_weights="official",  # the official criterion sets, with the official divisors (the default)
         ),
         latency=replace(
             cfg.latency,
@@ -486,9 +542,17 @@ def paper() -> NViTConfig:
             cnn_teacher="regnety_160",
             cnn_teacher_path="",
             kl_reduction="mean",  # the official 1e5 coefficient multiplies torch's default 'mean' KL
+            finetune_kl_per_head=True,  # official finetune_dense.py: KL on the cls and dist heads, averaged
         ),
         finetune=replace(
-            cfg.finetune, epochs=300, batch_size=1152, lr=2e-4, scale_lr_by_batch=True, scratch_targets=()
+            cfg.finetune,
+            epochs=300,
+            batch_size=1152,
+            lr=2e-4,
+            scale_lr_by_batch=True,
+            scratch_targets=(),
+            min_lr=1e-5,
+            model_ema_decay=0.99996,  # official finetune_dense.py defaults; drop_path: see its help
         ),
         score_check=replace(cfg.score_check, groups=0),
     )

@@ -69,14 +69,60 @@ def reduce_units(model: FlexViT, elem: dict[str, torch.Tensor]) -> dict[Layer, t
     return {k: out[k] for k in layers(model)}
 
 
-def weight_times_grad(model: FlexViT, *, absolute: bool = False) -> dict[Layer, torch.Tensor]:
-    """Σ_{s∈S} w_s ∂L/∂w_s per unit from the current ``.grad`` (= ∂L/∂g_S, Eq. 4); ``absolute`` sums |w g|."""
+WEIGHT_SETS = ("dependency", "official")
+"""Which weights a unit's Σ w·∂L/∂w runs over: every weight that pruning the unit zeroes (``dependency``, so the
+score is exactly the squared gate gradient, Eq. 4-6), or the official code's criterion sets (``official``)."""
+
+
+def reduce_units_official(model: FlexViT, elem: dict[str, torch.Tensor]) -> dict[Layer, torch.Tensor]:
+    """Sum an element-wise per-parameter tensor over each unit's *official* criterion set (notes §1.1).
+
+    The official code sums w·∂L/∂w over a subset of the weights that pruning a unit zeroes: QK over the q rows
+    and biases only (not k); V over the v rows and biases (not the proj columns); MLP over the fc1 row and bias
+    (not the fc2 column); a head over its q, k and v rows and biases (not its proj columns); EMB over the patch
+    embedding's output channel and bias, every block's attn.proj row and bias, fc1 column, fc2 row and bias and
+    the q, k and v columns (no LayerNorm, cls/dist token, position embedding or classifier). Because scaling a
+    QK index's q rows by a and its k rows by 1/a (or a V index's v rows and proj columns) leaves the network
+    unchanged, the q and k halves of a QK unit's full sum are equal, and so are the v and proj halves of a V
+    unit's: there the full (``dependency``) sum is exactly twice this one (``tests/nvit/test_method.py``).
+    """
+    d = model.dims
+    out: dict[Layer, torch.Tensor] = {}
+    emb = elem["patch_embed.proj.weight"].sum((1, 2, 3)) + elem["patch_embed.proj.bias"]
+    for i, block in enumerate(model.blocks):
+        a, p = block.attn, f"blocks.{i}."
+        h, dq, dv, e = a.num_heads, a.qk_dim, a.v_dim, d.emb
+        qw, qb = elem[p + "attn.q.weight"].view(h, dq, e), elem[p + "attn.q.bias"].view(h, dq)
+        kw, kb = elem[p + "attn.k.weight"].view(h, dq, e), elem[p + "attn.k.bias"].view(h, dq)
+        vw, vb = elem[p + "attn.v.weight"].view(h, dv, e), elem[p + "attn.v.bias"].view(h, dv)
+        fc1w, fc1b = elem[p + "mlp.fc1.weight"], elem[p + "mlp.fc1.bias"]
+        out[("H", i)] = (qw + kw).sum((1, 2)) + (qb + kb).sum(1) + vw.sum((1, 2)) + vb.sum(1)
+        out[("QK", i)] = qw.sum((0, 2)) + qb.sum(0)
+        out[("V", i)] = vw.sum((0, 2)) + vb.sum(0)
+        out[("MLP", i)] = fc1w.sum(1) + fc1b
+        emb = emb + (qw + kw).sum((0, 1)) + vw.sum((0, 1))
+        emb = emb + elem[p + "attn.proj.weight"].sum(1) + elem[p + "attn.proj.bias"]
+        emb = emb + fc1w.sum(0) + elem[p + "mlp.fc2.weight"].sum(1) + elem[p + "mlp.fc2.bias"]
+    out[("EMB", None)] = emb
+    return {k: out[k] for k in layers(model)}
+
+
+def weight_times_grad(
+    model: FlexViT, *, absolute: bool = False, weights: str = "dependency"
+) -> dict[Layer, torch.Tensor]:
+    """Σ_{s∈S} w_s ∂L/∂w_s per unit from the current ``.grad`` (= ∂L/∂g_S, Eq. 4); ``absolute`` sums |w g|.
+
+    ``weights``: the set S of a unit, ``"dependency"`` (every weight pruning it zeroes, :func:`reduce_units`) or
+    ``"official"`` (the official code's criterion sets, :func:`reduce_units_official`).
+    """
+    if weights not in WEIGHT_SETS:
+        raise ValueError(f"weights must be one of {WEIGHT_SETS}, got {weights!r}")
     elem = {}
     for name, p in model.named_parameters():
         g = p.grad if p.grad is not None else torch.zeros_like(p)
         wg = p.detach() * g
         elem[name] = wg.abs() if absolute else wg
-    return reduce_units(model, elem)
+    return reduce_units(model, elem) if weights == "dependency" else reduce_units_official(model, elem)
 
 
 def group_magnitude(model: FlexViT) -> dict[Layer, torch.Tensor]:
@@ -91,7 +137,8 @@ class SaliencyAccumulator:
 
     ``hessian``: (Σ w g / c_s)² per batch (Eq. 6, with the official per-structure divisors c_s);
     ``first_order``: |E_batch[Σ w g]| (first-order Taylor); ``taylor_elementwise``: E_batch[Σ |w g|];
-    ``magnitude`` and ``random`` need no gradients (computed at :meth:`step_scores`).
+    ``magnitude`` and ``random`` need no gradients (computed at :meth:`step_scores`). ``weights`` selects the
+    weights each Σ runs over (:data:`WEIGHT_SETS`; magnitude always uses the full dependency set).
     """
 
     def __init__(
@@ -101,12 +148,15 @@ class SaliencyAccumulator:
         divisors: tuple[float, ...] = (1.0,) * 5,
         momentum: float = 0.0,
         generator: torch.Generator | None = None,
+        weights: str = "dependency",
     ):
         if criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError("momentum must be in [0, 1)")
-        self.criterion, self.momentum, self.generator = criterion, momentum, generator
+        if weights not in WEIGHT_SETS:
+            raise ValueError(f"weights must be one of {WEIGHT_SETS}, got {weights!r}")
+        self.criterion, self.momentum, self.generator, self.weights = criterion, momentum, generator, weights
         self.divisor = dict(zip(STRUCTURES, divisors, strict=True))
         self.sum: dict[Layer, torch.Tensor] = {}
         self.batches = 0
@@ -120,7 +170,7 @@ class SaliencyAccumulator:
         """Call after ``loss.backward()`` and before the optimiser step."""
         if not self.needs_gradients:
             return
-        per_unit = weight_times_grad(model, absolute=self.criterion == "taylor_elementwise")
+        per_unit = weight_times_grad(model, absolute=self.criterion == "taylor_elementwise", weights=self.weights)
         for k, v in per_unit.items():
             v = v.detach().double() / self.divisor[k[0]]
             if self.criterion == "hessian":

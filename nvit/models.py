@@ -116,7 +116,14 @@ class MaskedLayerNorm(nn.LayerNorm):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with per-head QK and V widths, head index as an explicit axis (head alignment)."""
+    """Multi-head attention with per-head QK and V widths, head index as an explicit axis (head alignment).
+
+    ``fused``: use torch's fused attention kernel where QK = V widths (the default); False computes
+    softmax(q kᵀ·scale) v with plain matrix products for every width, as the official (timm 0.3.2) models do, so
+    that models with and without equal widths are timed with the same kernels (``python -m nvit archtable``).
+    """
+
+    fused: bool = True
 
     def __init__(self, emb: int, heads: int, qk: int, v: int, scale: float):
         super().__init__()
@@ -137,7 +144,7 @@ class Attention(nn.Module):
             qk_gate = self.head_mask[:, None] * self.qk_mask[None, :]
             q, k, v = q * qk_gate, k * qk_gate, v * (self.head_mask[:, None] * self.v_mask[None, :])
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if dq == dv:  # torch's fused kernel (same result up to float rounding; ~30% faster fwd+bwd on the CPU)
+        if dq == dv and self.fused:  # torch's fused kernel (same result up to float rounding; ~30% faster on the CPU)
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:  # the fused CPU kernel needs equal QK and V widths; this is what it computes
             out = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1) @ v
@@ -156,7 +163,19 @@ class Mlp(nn.Module):
         return self.fc2(hidden if _unpruned(self.mlp_mask) else hidden * self.mlp_mask)
 
 
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth (DeiT's drop path): in training, zero a residual branch for a random ``p`` share of the
+    images and scale the rest by 1/(1 - p); the identity in eval mode or at p = 0."""
+    if p <= 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - p)
+    return x * keep / (1.0 - p)
+
+
 class Block(nn.Module):
+    drop_path_rate: float = 0.0
+    """Stochastic depth of this block's two residual branches (:func:`set_drop_path`); 0 = off (the default)."""
+
     def __init__(self, emb: int, heads: int, qk: int, v: int, mlp: int, scale: float, eps: float):
         super().__init__()
         self.norm1 = MaskedLayerNorm(emb, eps=eps)
@@ -165,9 +184,14 @@ class Block(nn.Module):
         self.mlp = Mlp(emb, mlp)
 
     def forward(self, x: torch.Tensor, emb_mask: torch.Tensor | None) -> torch.Tensor:
+        p = self.drop_path_rate
         out = self.attn(self.norm1(x, emb_mask))
+        if p:
+            out = drop_path(out, p, self.training)
         x = x + (out if emb_mask is None else out * emb_mask)
         out = self.mlp(self.norm2(x, emb_mask))
+        if p:
+            out = drop_path(out, p, self.training)
         return x + (out if emb_mask is None else out * emb_mask)
 
 
@@ -391,6 +415,25 @@ def load_pruned(path: str | Path, map_location: str | torch.device = "cpu") -> F
     return model
 
 
+def set_drop_path(model: FlexViT, rate: float) -> FlexViT:
+    """Stochastic depth rising linearly from 0 in the first block to ``rate`` in the last (timm/DeiT's
+    ``drop_path_rate``); active in training mode only. Not part of the state dict (a training setting)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop path rate must be in [0, 1), got {rate}")
+    n = len(model.blocks)
+    for i, block in enumerate(model.blocks):
+        block.drop_path_rate = rate * i / (n - 1) if n > 1 else rate
+    return model
+
+
+def set_fused_attention(model: nn.Module, fused: bool) -> nn.Module:
+    """Switch every :class:`Attention` of ``model`` between torch's fused kernel and plain matrix products."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.fused = fused
+    return model
+
+
 def _all_kept(model: FlexViT) -> bool:
     return all(bool(t.all()) for ts in model.structure_masks().values() for t in ts)
 
@@ -459,8 +502,13 @@ def convert_timm_state_dict(sd: dict[str, torch.Tensor], dims: ViTDims) -> dict[
 # ReViT (paper §5, Table 6)
 
 
-def revit_dims(emb: int, depth: int = 12, *, head_dim: int = 64, base: ViTDims | None = None, **kwargs) -> ViTDims:
+def revit_dims(
+    emb: int, depth: int = 12, *, head_dim: int = 64, base: ViTDims | None = None, rule: str = "table6", **kwargs
+) -> ViTDims:
     """Widths of the ReViT rule (Table 6): H = ε·EMB/100, QK = ε·EMB/20, V = 64, MLP = 3·ε·EMB per block.
+
+    ``rule="official"``: the widths of the official ``revit_scratch.py`` builder instead (:func:`revit_dims_official`),
+    which differ from Table 6's text at the ends and in the QK rounding, and give Table 7's ReViT-S size.
 
     ε = 2 in the middle half of the blocks (blocks 4-9 of 12) and 1 elsewhere; H is rounded to the nearest even
     number, QK to the nearest multiple of 8. The constants are written for DeiT's per-head width 64; for a
@@ -468,6 +516,10 @@ def revit_dims(emb: int, depth: int = 12, *, head_dim: int = 64, base: ViTDims |
     d), QK = ε·EMB·d/(20·64) rounded to a multiple of max(1, d/8), V = d. Every width is at least 1 (rounding
     unit). ``kwargs`` are the non-width fields of :class:`ViTDims` (image size, classes, ...).
     """
+    if rule == "official":
+        return revit_dims_official(emb, depth, head_dim=head_dim, base=base, **kwargs)
+    if rule != "table6":
+        raise ValueError(f"rule must be 'table6' or 'official', got {rule!r}")
     if depth < 1 or emb < 1:
         raise ValueError("depth and emb must be >= 1")
     r = head_dim / 64
@@ -486,6 +538,32 @@ def revit_dims(emb: int, depth: int = 12, *, head_dim: int = 64, base: ViTDims |
     return ViTDims(emb=emb, heads=tuple(heads), qk=tuple(qks), v=(head_dim,) * depth, mlp=tuple(mlps), **kwargs)
 
 
+def revit_dims_official(
+    emb: int, depth: int = 12, *, head_dim: int = 64, base: ViTDims | None = None, **kwargs
+) -> ViTDims:
+    """The widths the official ``revit_scratch.py`` builds for ``--EMB emb`` (notes §1.8; read from its code).
+
+    With u = round(EMB·0.005) and w = round(EMB·0.05/8) (Python's rounding, half to even): heads 10 in blocks 1
+    and 12, 4u in blocks 4-9, 2u elsewhere; QK 16w in blocks 1, 4-9 and 12, 8w elsewhere; V 64; MLP 6·EMB in
+    blocks 4-9, 3·EMB elsewhere. Against Table 6's text: the end blocks get 10 heads and the wide QK, and QK moves
+    in steps of 16 (8) instead of 8. Only defined for DeiT's 12 blocks of head width 64 (the builder's lists).
+    """
+    if depth != 12 or head_dim != 64:
+        raise ValueError("the official ReViT builder is written for 12 blocks of head width 64")
+    if emb < 1:
+        raise ValueError("emb must be >= 1")
+    u, w = max(1, round(emb * 0.005)), max(1, round(emb * 0.05 / 8))
+    wide = [i == 0 or i == 11 or 3 <= i <= 8 for i in range(12)]
+    heads = tuple(10 if i in (0, 11) else (4 * u if 3 <= i <= 8 else 2 * u) for i in range(12))
+    qks = tuple(16 * w if wide[i] else 8 * w for i in range(12))
+    mlps = tuple(6 * emb if 3 <= i <= 8 else 3 * emb for i in range(12))
+    if base is not None:
+        kwargs = {
+            k: getattr(base, k) for k in ("image_size", "patch_size", "in_chans", "num_classes", "ln_eps")
+        } | kwargs
+    return ViTDims(emb=emb, heads=heads, qk=qks, v=(64,) * 12, mlp=mlps, **kwargs)
+
+
 def count_dims_params(dims: ViTDims) -> int:
     """Parameters of a FlexViT with these dims (closed form, masks excluded)."""
     e = dims.emb
@@ -497,11 +575,13 @@ def count_dims_params(dims: ViTDims) -> int:
     return n
 
 
-def scale_revit_to(target_params: int, depth: int, head_dim: int, base: ViTDims, step: int = 4) -> ViTDims:
+def scale_revit_to(
+    target_params: int, depth: int, head_dim: int, base: ViTDims, step: int = 4, rule: str = "table6"
+) -> ViTDims:
     """The ReViT dims whose EMB (a multiple of ``step``) gives the parameter count closest to ``target_params``."""
     best = None
     for emb in range(step, 8 * int(math.sqrt(target_params)) + step, step):
-        d = revit_dims(emb, depth, head_dim=head_dim, base=base)
+        d = revit_dims(emb, depth, head_dim=head_dim, base=base, rule=rule)
         gap = abs(count_dims_params(d) - target_params)
         if best is None or gap < best[0]:
             best = (gap, d)

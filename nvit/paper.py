@@ -9,7 +9,8 @@ Deliberately left out:
   about 2.5x, so the column could not be read reliably. The absolute parameter counts are kept.
 - The "+ ASP" rows of Table 1 (2:4 sparsity with TensorRT ASP is outside this reproduction) and the Swin rows.
 - Every appendix number (A.1-A.3, B.1-B.6, C.1-C.2): the appendix could not be retrieved.
-- Tables 2-4 and 7 (other methods, transfer, ReViT from scratch): no preset targets them yet.
+- Tables 2-4 (other methods, transfer): no preset targets them. Table 7 (ReViT vs DeiT from scratch) is kept
+  for its architecture columns (params, FLOPs, speedup), which ``python -m nvit archtable`` compares with.
 
 Latency numbers in Table 1 are speedups over DeiT-B at batch size 256 on one GPU.
 """
@@ -20,6 +21,7 @@ from common.results import PaperNumber
 
 T1 = "Table 1 (CVPR 2023)"
 T5 = "Table 5 (CVPR 2023)"
+T7 = "Table 7 (CVPR 2023)"
 
 
 def _table1(
@@ -71,13 +73,36 @@ TABLE_5: tuple[PaperNumber, ...] = (
 )
 """Table 5: per-layer sensitivity (average Hessian trace) and latency saved per pruned neuron, on DeiT-B."""
 
-PAPER_NUMBERS: tuple[PaperNumber, ...] = TABLE_1 + TABLE_5
+
+def _table7(model: str, emb: int, params_m: float, gflops: float, speedup: float, top1: float) -> list[PaperNumber]:
+    """One row of Table 7: trained from scratch with one recipe; speedup relative to DeiT-B (device not stated in
+    the text we read)."""
+    return [
+        PaperNumber(source=T7, setting=model, metric="EMB", value=emb),
+        PaperNumber(source=T7, setting=model, metric="params", value=params_m, unit="M"),
+        PaperNumber(source=T7, setting=model, metric="FLOPs", value=gflops, unit="G"),
+        PaperNumber(source=T7, setting=model, metric="speedup vs DeiT-B", value=speedup, unit="x"),
+        PaperNumber(source=T7, setting=model, metric="ImageNet-1K top-1, from scratch", value=top1, unit="%"),
+    ]
+
+
+TABLE_7: tuple[PaperNumber, ...] = (
+    # DeiT rows: the authors' re-run of the DeiT recipe (marked * in the table); ReViT: the Table 6 rule.
+    *_table7("DeiT-S", 384, 22, 4.6, 2.29, 81.01),
+    *_table7("ReViT-S", 384, 23, 4.7, 2.31, 81.22),
+    *_table7("DeiT-T", 192, 5.6, 1.2, 4.39, 72.84),
+    *_table7("ReViT-T", 176, 5.9, 1.3, 4.75, 74.20),
+)
+"""Table 7: ReViT vs DeiT trained from scratch with the same recipe (ratios and speedups vs DeiT-B)."""
+
+PAPER_NUMBERS: tuple[PaperNumber, ...] = TABLE_1 + TABLE_5 + TABLE_7
 """All numbers above, for ``Measurement(paper=..., paper_source=...)`` look-ups."""
 
 
-def lookup(setting: str, metric: str) -> PaperNumber:
-    """The paper's number for ``setting``/``metric``; KeyError if the paper gives none (never a guess)."""
+def lookup(setting: str, metric: str, source: str | None = None) -> PaperNumber:
+    """The paper's number for ``setting``/``metric`` (in table ``source`` if given, e.g. :data:`T7`; else the
+    first table that has it); KeyError if the paper gives none (never a guess)."""
     for number in PAPER_NUMBERS:
-        if (number.setting, number.metric) == (setting, metric):
+        if (number.setting, number.metric) == (setting, metric) and source in (None, number.source):
             return number
     raise KeyError((setting, metric))

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from common import distributed
 from common.errors import check_finite
 from common.runtime import generator
 
@@ -36,7 +37,7 @@ from .method import (
     uniform_keep_counts,
 )
 from .models import FlexViT, ViTDims, vit_macs
-from .train import autocast, kd_objective, make_optimizer, unpack
+from .train import autocast, backward_accumulated, kd_objective, make_optimizer, unpack
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class PruneSettings:
     tau: float = 2.0
     target_metric: Literal["latency", "flops"] = "latency"
     """What ``targets`` are fractions of: the LUT latency or the MACs of the dense model."""
+    score_weights: Literal["dependency", "official"] = "dependency"
+    """The weights a unit's Σ w·∂L/∂w runs over (``nvit.method.WEIGHT_SETS``)."""
+    accumulation: int = 1
+    """Micro-batches per batch and process (gradient accumulation; the score and the step are the batch's)."""
 
 
 @dataclass
@@ -138,6 +143,11 @@ def prune(
 
     Returns the snapshots (one per target, in decreasing order of target) and a per-step history. A NaN or
     infinite KD loss raises :class:`common.errors.TrainingDivergedError` naming ``where`` and the batch.
+
+    Data parallel (``common.distributed``, P processes): ``stream`` yields this process's share of each global
+    batch; the gradients are averaged over the processes before the score takes them, so each batch's Σ w·∂L/∂w,
+    and with it the score (an expectation over batches), is the one-process score of the same global batch (up
+    to float summation order); every process then ranks rank 0's scores, so all prune the same groups.
     """
     s = settings
     dense_dims = model.dims
@@ -150,7 +160,7 @@ def prune(
     pending = sorted(s.targets, reverse=True)
     criterion = s.criterion if s.allocation == "global" else "hessian"
     acc = SaliencyAccumulator(criterion, divisors=s.structure_divisors, momentum=s.score_momentum,
-                              generator=generator(seed + 17))  # fmt: skip
+                              generator=generator(seed + 17), weights=s.score_weights)  # fmt: skip
     rng = generator(seed + 23)
     opt = make_optimizer(model, s.lr, s.weight_decay)
     run = PruneRun(settings=s, snapshots=[])
@@ -170,6 +180,11 @@ def prune(
                 state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             ))  # fmt: skip
 
+    def loss_fn(x, y, t_logits):
+        with autocast(device, amp):
+            return kd_objective(model, x, y, teacher=teacher, kl_coeff=s.kl_coeff, tau=s.tau, kd=kd,
+                                cnn_teacher=cnn_teacher, teacher_logits=t_logits)  # fmt: skip
+
     model.to(device)
     for step in range(1, s.max_steps + 1):
         model.train()
@@ -179,18 +194,17 @@ def prune(
                 if t_logits is not None:
                     raise ValueError("precomputed teacher logits cannot be used with mixup/cutmix")
                 x, y = mixup(x, y)
-            with autocast(device, amp):
-                loss = kd_objective(model, x, y, teacher=teacher, kl_coeff=s.kl_coeff, tau=s.tau, kd=kd,
-                                    cnn_teacher=cnn_teacher, teacher_logits=t_logits)  # fmt: skip
-            value = float(loss.detach())
-            check_finite(value, step=batches_used, where=where)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value = backward_accumulated(model, x, y, t_logits, loss_fn, s.accumulation)  # gradients: global mean
+            check_finite(value, step=batches_used, where=where)
             acc.add_batch(model)
             opt.step()
             model.apply_masks_()
             batches_used += 1
         scores = acc.step_scores(model)
+        if distributed.world_size() > 1:  # the same numbers on every process, so the same groups everywhere
+            scores = {k: v.to(device) for k, v in distributed.broadcast_object({k: v.cpu() for k, v in
+                                                                                 scores.items()}).items()}  # fmt: skip
         if s.allocation == "global":
             groups = make_groups(model, scores, s.group_sizes)
             if criterion == "random":

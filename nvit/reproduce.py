@@ -17,6 +17,7 @@ Every job seeds itself and runs one torch thread, so a record is the same with 1
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch.utils.data import TensorDataset
 
+from common import distributed
 from common.cli import RunContext, default_report
 from common.config import ConfigError, config_hash, to_dict
 from common.counting import count_params, model_cost
@@ -38,7 +40,7 @@ from common.errors import PathNotFoundError
 from common.latency import compare_latency
 from common.parallel import default_workers, map_jobs
 from common.plotting import method_color, method_marker, plt, savefig, style
-from common.results import RULES_MARKDOWN, RunRecord, claims_table, markdown_table
+from common.results import RULES_MARKDOWN, RunRecord, claims_table, load_record, markdown_table
 from common.runtime import ArtifactCache, PhaseTimer, device_name, generator, progress, seed_everything
 
 from . import claims as nvit_claims
@@ -47,7 +49,7 @@ from .claims import NVIT, method_name, snapshot_of, target_label, values_of
 from .config import NViTConfig
 from .latency import LatencyTable, analytic_table, measured_table
 from .method import STRUCTURES, SaliencyAccumulator, layer_mask
-from .models import FlexViT, ViTDims, count_dims_params, from_timm, scale_revit_to, to_dense
+from .models import FlexViT, ViTDims, count_dims_params, from_timm, scale_revit_to, set_drop_path, to_dense
 from .prune import PruneSettings, prune
 from .train import (
     Data,
@@ -77,10 +79,40 @@ T_SCRATCH = "Pruned + KD vs the same architecture trained from scratch"
 T_REVIT = "ReViT rule (Table 6) vs the uniform (DeiT-rule) model of about the same size, from scratch"
 T_CHECK = "Exactness checks"
 HESSIAN_OFFICIAL = "hessian with the official structure factors"
-HESSIAN_RAW = "hessian, raw Eq. 6 (no structure factors)"
+HESSIAN_RAW = "hessian, raw Eq. 6 on the full dependency sets (no structure factors)"
 
 # ---------------------------------------------------------------------------------------------------------
 # Building blocks
+
+
+_SOLO = False
+"""True while one process works alone (rank 0 timing the models after the others have finished)."""
+
+
+@contextlib.contextmanager
+def solo():
+    """Inside, :func:`cached` uses no collectives: this process works alone (it must only read entries)."""
+    global _SOLO
+    _SOLO = True
+    try:
+        yield
+    finally:
+        _SOLO = False
+
+
+def cached(cache: ArtifactCache, tag: str, key: Any, create):
+    """``cache.get_or_create(tag, key, create)``, safe for data-parallel processes: rank 0 says whether the entry
+    exists and every process follows (so all run ``create``, with its collectives, or none does); every process
+    computes the value, only rank 0 writes it (``common.distributed``). Plain ``get_or_create`` in one process."""
+    if distributed.world_size() == 1 or _SOLO:
+        return cache.get_or_create(tag, key, create)
+    hit = distributed.broadcast_object(((tag, key) in cache) if distributed.is_main() else None)
+    if hit:
+        return cache.load(tag, key)
+    value = create()
+    if distributed.is_main():
+        cache.save(tag, key, value)
+    return value
 
 
 def dense_dims(cfg: NViTConfig) -> ViTDims:
@@ -163,14 +195,16 @@ def build_lut(cfg: NViTConfig, ctx: RunContext, tokens: int) -> LatencyTable:
         return analytic_table(grid, tokens=tokens, head_cost=lat.head_cost, block_cost=lat.block_cost)
     key = {"grid": grid, "tokens": tokens, "batch": lat.timing_batch_size, "repeats": lat.timing_repeats,
            "device": str(ctx.device), "threads": ctx.threads, "format": FORMAT}  # fmt: skip
-    data = ctx.cache.get_or_create(
-        "lut",
-        key,
-        lambda: measured_table(
+
+    def measure() -> dict:
+        return measured_table(
             grid, tokens=tokens, batch_size=lat.timing_batch_size, device=ctx.device, repeats=lat.timing_repeats
-        ).to_json(),
-    )
-    return LatencyTable.from_json(data)
+        ).to_json()
+
+    if distributed.world_size() > 1:  # timed by rank 0 alone, so every process ranks with the same table
+        data = ctx.cache.get_or_create("lut", key, measure) if distributed.is_main() else None
+        return LatencyTable.from_json(distributed.broadcast_object(data))
+    return LatencyTable.from_json(ctx.cache.get_or_create("lut", key, measure))
 
 
 def settings_for(cfg: NViTConfig, label: str, targets: tuple[float, ...]) -> PruneSettings:
@@ -182,6 +216,7 @@ def settings_for(cfg: NViTConfig, label: str, targets: tuple[float, ...]) -> Pru
         interval=p.interval, max_steps=p.max_steps, targets=targets, lr=lr, weight_decay=p.weight_decay,
         eta=lat.eta, eta_mode=lat.eta_mode, bonus_floor=lat.bonus_floor, uniform_step=p.uniform_step,
         kl_coeff=cfg.kd.prune_kl_coeff, tau=cfg.kd.prune_tau, target_metric=p.target_metric,
+        score_weights=p.score_weights, accumulation=cfg.accumulation,
     )  # fmt: skip
     if label == NVIT:
         return base
@@ -240,7 +275,10 @@ class Experiment:
         self.example = x0.unsqueeze(0)
         self.bpe = batches_per_epoch(self.data, cfg.finetune.batch_size)
         self.lut = lut
-        self.train_extras = {"mixup": make_mixup(cfg.data, cfg.model.num_classes), "amp": cfg.amp}
+        self.train_extras = {"mixup": make_mixup(cfg.data, cfg.model.num_classes), "amp": cfg.amp,
+                             "accumulation": cfg.accumulation}  # fmt: skip
+        self.stream_extras = {"num_workers": cfg.data.num_workers,
+                              "repeated_augmentation": cfg.data.repeated_augmentation}  # fmt: skip
         self._dense: dict[int, FlexViT] = {}
 
     def timing_inputs(self) -> torch.Tensor:
@@ -254,8 +292,12 @@ class Experiment:
 
     def dense_key(self, seed: int) -> dict:
         cfg = self.cfg
-        return {"model": to_dict(cfg.model), "data": to_dict(cfg.data), "dense": to_dict(cfg.dense),
-                "seed": self.dense_seed(seed), "format": FORMAT}  # fmt: skip
+        data = {k: v for k, v in to_dict(cfg.data).items() if k != "num_workers"}  # loading speed, not results
+        key = {"model": to_dict(cfg.model), "data": data, "dense": to_dict(cfg.dense),
+               "seed": self.dense_seed(seed), "format": FORMAT}  # fmt: skip
+        if cfg.accumulation != 1:
+            key["accumulation"] = cfg.accumulation
+        return key
 
     def dense(self, seed: int) -> FlexViT:
         """The dense model that ``seed`` prunes (trained once, cached; memoised in this process)."""
@@ -270,11 +312,12 @@ class Experiment:
             def create() -> dict:
                 seed_everything(s)
                 m = FlexViT(dense_dims(cfg)).to(self.device)
-                train_dense(m, self.data, cfg.dense, seed=s, device=self.device, **self.train_extras)
+                train_dense(m, self.data, cfg.dense, seed=s, device=self.device, **self.stream_extras,
+                            **self.train_extras)  # fmt: skip
                 return {k: v.cpu() for k, v in m.state_dict().items()}
 
             model = FlexViT(dense_dims(cfg))
-            model.load_state_dict(self.ctx.cache.get_or_create("dense", self.dense_key(seed), create))
+            model.load_state_dict(cached(self.ctx.cache, "dense", self.dense_key(seed), create))
             model = model.to(self.device).eval()
         self._dense[s] = model
         return model
@@ -291,8 +334,8 @@ class Experiment:
         if not cacheable:
             return train
         dense = self.dense(seed)
-        logits = self.ctx.cache.get_or_create(
-            "teacher-logits", {**self.dense_key(seed), "n": len(train)},
+        logits = cached(
+            self.ctx.cache, "teacher-logits", {**self.dense_key(seed), "n": len(train)},
             lambda: logits_of(dense, train, self.device),
         )  # fmt: skip
         return with_teacher_logits(train, logits)
@@ -303,14 +346,14 @@ class Experiment:
             dense = self.dense(seed)
             self.kd_train_set(seed)  # the teacher logits, cached for stages B and C
         with self.ctx.phase("evaluation"):
-            ev = self.ctx.cache.get_or_create("dense-eval", self.dense_key(seed),
-                                              lambda: evaluate(dense, self.data.test, self.device))  # fmt: skip
+            ev = cached(self.ctx.cache, "dense-eval", self.dense_key(seed),
+                        lambda: evaluate(dense, self.data.test, self.device))  # fmt: skip
         out = {"seed": seed, "dense_seed": self.dense_seed(seed), "top1": ev["top1"], "loss": ev["loss"]}
         with self.ctx.phase("scoring"):
             out["gate_identity"] = self.gate_identity(dense)
             if self.cfg.score_check.groups:
-                out["score_check"] = self.ctx.cache.get_or_create(
-                    "score", {**self.key, "seed": seed}, lambda: self.score_check(dense, seed)
+                out["score_check"] = cached(
+                    self.ctx.cache, "score", {**self.key, "seed": seed}, lambda: self.score_check(dense, seed)
                 )
         return out
 
@@ -354,15 +397,15 @@ class Experiment:
             x_all, y_all = next(iter(torch.utils.data.DataLoader(subset, batch_size=len(subset))))[:2]
         x_all, y_all = x_all.to(self.device), y_all.to(self.device)
         model = copy.deepcopy(dense).train()
+        # the configured score, and beside it one variant: the official factors on our dependency sets where the
+        # configured score is the raw one on them (mini), else the raw Eq. 6 score on the dependency sets
         official = (12.0, 12.0, 2.0, 2.0, 1.0)
-        variant = (
-            (HESSIAN_OFFICIAL, official) if tuple(cfg.prune.structure_divisors) != official else (HESSIAN_RAW, None)
-        )
-        divisors = cfg.prune.structure_divisors
+        weights, divisors = cfg.prune.score_weights, cfg.prune.structure_divisors
+        variant = (HESSIAN_OFFICIAL, official) if tuple(divisors) != official else (HESSIAN_RAW, (1.0,) * 5)
         accs = {
-            "hessian": SaliencyAccumulator("hessian", divisors=divisors),
-            variant[0]: SaliencyAccumulator("hessian", **({"divisors": variant[1]} if variant[1] else {})),
-            "first_order": SaliencyAccumulator("first_order", divisors=divisors),
+            "hessian": SaliencyAccumulator("hessian", divisors=divisors, weights=weights),
+            variant[0]: SaliencyAccumulator("hessian", divisors=variant[1]),
+            "first_order": SaliencyAccumulator("first_order", divisors=divisors, weights=weights),
             "taylor_elementwise": SaliencyAccumulator("taylor_elementwise"),
             "magnitude": SaliencyAccumulator("magnitude"),
             "random": SaliencyAccumulator("random", generator=generator(seed + 202)),
@@ -414,9 +457,8 @@ class Experiment:
 
     def prune_method(self, label: str, targets, seed: int) -> dict:
         """The pruning run of one method (cached): its snapshots (masked states) and history."""
-        return self.ctx.cache.get_or_create(
-            "prune", self.prune_key(seed, label, targets), lambda: self._prune_method(label, targets, seed)
-        )
+        key = self.prune_key(seed, label, targets)
+        return cached(self.ctx.cache, "prune", key, lambda: self._prune_method(label, targets, seed))
 
     def prune_job(self, seed: int, label: str, targets) -> dict:
         """Stage B: one pruning run; returns what the parent needs (no weights)."""
@@ -436,10 +478,11 @@ class Experiment:
         for tgs in per_target_runs:
             seed_everything(seed)
             student = copy.deepcopy(dense).train()
-            stream = batches(train, cfg.prune.batch_size, seed)
+            stream = batches(train, cfg.prune.batch_size, seed, **self.stream_extras)  # accumulation: in settings
             run = prune(student, dense, stream, dataclasses.replace(settings, targets=tuple(tgs)), self.lut,
                         device=self.device, kd=cfg.kd, seed=seed, cnn_teacher=self.cnn_teacher,
-                        where=f"nvit KD pruning ({label}), seed {seed}", **self.train_extras)  # fmt: skip
+                        where=f"nvit KD pruning ({label}), seed {seed}", mixup=self.train_extras["mixup"],
+                        amp=self.train_extras["amp"])  # fmt: skip
             snapshots += run.snapshots
             runs.append(run)
         return {"label": label, "eta": runs[0].eta, "history": runs[0].history,
@@ -460,7 +503,7 @@ class Experiment:
                 out["snapshots"].append(self.finish_snapshot(snap, label, seed, budget))
             return out
 
-        return self.ctx.cache.get_or_create("finish", key, create)
+        return cached(self.ctx.cache, "finish", key, create)
 
     def finish_snapshot(self, snap, label: str, seed: int, budget: int) -> dict:
         cfg, ctx = self.cfg, self.ctx
@@ -475,19 +518,27 @@ class Experiment:
         ft_steps = top_up + cfg.finetune.epochs * self.bpe
         lr = cfg.finetune.lr * (cfg.finetune.batch_size / 512 if cfg.finetune.scale_lr_by_batch else 1.0)
         seed_everything(seed + 1000)
+        ema = None
         if ft_steps:
             with ctx.phase("fine-tuning"):
-                train_steps(small, batches(self.kd_train_set(seed), cfg.finetune.batch_size, seed + 1000), ft_steps,
-                            lr=lr, weight_decay=cfg.finetune.weight_decay, device=self.device, teacher=dense,
-                            kl_coeff=cfg.kd.finetune_kl_coeff, tau=cfg.kd.finetune_tau, kd=cfg.kd,
-                            desc=f"fine-tune {label}", cnn_teacher=self.cnn_teacher,
-                            where=f"nvit KD fine-tune ({label} at target {snap.target:g}), seed {seed}",
-                            **self.train_extras)  # fmt: skip
+                set_drop_path(small, cfg.finetune.drop_path)
+                if cfg.finetune.model_ema_decay:
+                    from timm.utils import ModelEmaV2
+
+                    ema = ModelEmaV2(small, decay=cfg.finetune.model_ema_decay)
+                stream = batches(self.kd_train_set(seed), cfg.finetune.batch_size, seed + 1000, **self.stream_extras)
+                train_steps(small, stream, ft_steps, lr=lr, weight_decay=cfg.finetune.weight_decay,
+                            device=self.device, teacher=dense, kl_coeff=cfg.kd.finetune_kl_coeff,
+                            tau=cfg.kd.finetune_tau, kd=cfg.kd, desc=f"fine-tune {label}", cnn_teacher=self.cnn_teacher,
+                            where=f"nvit KD fine-tune ({label} at target {snap.target:g}), seed {seed}", ema=ema,
+                            **self.finetune_recipe(), **self.train_extras)  # fmt: skip
+                set_drop_path(small, 0.0)
         with ctx.phase("evaluation"):
             after_ft = evaluate(small, self.data.test, self.device)
             cost = model_cost(copy.deepcopy(small).cpu(), self.example)
+            extra = {"top1_ft_ema": evaluate(ema.module, self.data.test, self.device)["top1"]} if ema else {}
         pruned_fraction = 1.0 - min(snap.kept.values())
-        return {
+        return extra | {
             "target": snap.target, "step": snap.step, "prune_batches": snap.batches, "top_up_batches": top_up,
             "kd_batches": snap.batches + ft_steps, "latency_ratio_lut": snap.latency_ratio,
             "macs_ratio": snap.macs_ratio, "kept": snap.kept, "dims": snap.dims.to_json(),
@@ -496,6 +547,10 @@ class Experiment:
             "params": cost.params, "flops": cost.flops,
             "small_state": {k: v.detach().cpu().clone() for k, v in small.state_dict().items()},
         }  # fmt: skip
+
+    def finetune_recipe(self) -> dict:
+        """The fine-tune recipe's options of :func:`nvit.train.train_steps` beyond lr and KD weights."""
+        return {"min_lr": self.cfg.finetune.min_lr, "kl_per_head": self.cfg.kd.finetune_kl_per_head}
 
     def conversion_error(self, masked: FlexViT) -> float:
         """Max |logit difference| between the masked model and its dense conversion, both in float64, on 64 test
@@ -524,26 +579,30 @@ class Experiment:
                 model = FlexViT(dims).to(self.device)
                 if cfg.dense.epochs:
                     train_dense(model, self.data, cfg.dense, seed=seed + 5000, device=self.device,
-                                where=f"nvit scratch baseline, dense recipe, seed {seed}",
+                                where=f"nvit scratch baseline, dense recipe, seed {seed}", **self.stream_extras,
                                 **self.train_extras)  # fmt: skip
                 lr = cfg.finetune.lr * (cfg.finetune.batch_size / 512 if cfg.finetune.scale_lr_by_batch else 1.0)
-                train_steps(model, batches(train, cfg.finetune.batch_size, seed + 6000), kd_steps, lr=lr,
+                set_drop_path(model, cfg.finetune.drop_path)
+                stream = batches(train, cfg.finetune.batch_size, seed + 6000, **self.stream_extras)
+                train_steps(model, stream, kd_steps, lr=lr,
                             weight_decay=cfg.finetune.weight_decay, device=self.device, teacher=dense,
                             kl_coeff=cfg.kd.finetune_kl_coeff, tau=cfg.kd.finetune_tau, kd=cfg.kd, desc="scratch",
                             cnn_teacher=self.cnn_teacher, where=f"nvit scratch baseline, KD recipe, seed {seed}",
-                            **self.train_extras)  # fmt: skip
+                            **self.finetune_recipe(), **self.train_extras)  # fmt: skip
+                set_drop_path(model, 0.0)
             with self.ctx.phase("evaluation"):
                 top1 = evaluate(model, self.data.test, self.device)["top1"]
             dense_batches = cfg.dense.epochs * batches_per_epoch(self.data, cfg.dense.batch_size)
             return {"top1_scratch": top1, "scratch_steps": dense_batches + kd_steps,
                     "scratch_dense_steps": dense_batches}  # fmt: skip
 
-        return {"seed": seed, "target": target, **self.ctx.cache.get_or_create("scratch", key, create)}
+        return {"seed": seed, "target": target, **cached(self.ctx.cache, "scratch", key, create)}
 
     # ---------------------------------------------------------------- ReViT
     def revit_dims(self) -> ViTDims:
         base = dense_dims(self.cfg)
-        return scale_revit_to(count_dims_params(base), base.depth, head_dim=self.cfg.model.v, base=base)
+        return scale_revit_to(count_dims_params(base), base.depth, head_dim=self.cfg.model.v, base=base,
+                              rule=self.cfg.revit_rule)  # fmt: skip
 
     def revit_job(self, seed: int, uniform_too: bool) -> dict:
         """A ReViT-rule model of about the dense model's size, from scratch with the dense recipe for
@@ -558,16 +617,20 @@ class Experiment:
                 seed_everything(seed)
                 model = FlexViT(d).to(self.device)
                 train_dense(model, self.data, dense_cfg, seed=seed, device=self.device,
-                            where=f"nvit ReViT comparison training, seed {seed}", **self.train_extras)  # fmt: skip
+                            where=f"nvit ReViT comparison training, seed {seed}", **self.stream_extras,
+                            **self.train_extras)  # fmt: skip
             with self.ctx.phase("evaluation"):
                 return {"top1": evaluate(model, self.data.test, self.device)["top1"], "params": count_params(model),
                         "macs": model_cost(model.cpu(), self.example).macs}  # fmt: skip
 
-        out = {"revit": self.ctx.cache.get_or_create("revit", {**self.key, "revit": dims.to_json(), "seed": seed},
-                                                     lambda: train(dims))}  # fmt: skip
+        out = {"revit": cached(self.ctx.cache, "revit", {**self.key, "revit": dims.to_json(), "seed": seed},
+                               lambda: train(dims))}  # fmt: skip
         if uniform_too:
-            out["uniform"] = self.ctx.cache.get_or_create(
-                "revit-uniform", {**self.key, "uniform": True, "seed": seed}, lambda: train(dense_dims(cfg))
+            out["uniform"] = cached(
+                self.ctx.cache,
+                "revit-uniform",
+                {**self.key, "uniform": True, "seed": seed},
+                lambda: train(dense_dims(cfg)),
             )
         return out
 
@@ -591,7 +654,10 @@ def _run_job(kind: str, cfg: NViTConfig, cache_root: str, device: str, lut: dict
 
 def n_workers(ctx: RunContext) -> int:
     """Worker processes for stages A-C: ``common.parallel.default_workers()`` on the CPU (one torch thread each),
-    1 on a GPU (one device, one process)."""
+    1 on a GPU (one device, one process), and 1 under a data-parallel launcher (every process runs every job on
+    its share of each batch)."""
+    if distributed.world_size() > 1:
+        return 1
     return default_workers() if ctx.device.type == "cpu" else 1
 
 
@@ -626,7 +692,7 @@ def run(cfg: NViTConfig, ctx: RunContext) -> RunRecord:
         exp = Experiment(cfg, ctx)
     with ctx.phase("timing measurements"):  # the latency table (timed when latency.lut == "measured")
         exp.lut = build_lut(cfg, ctx, dense_dims(cfg).tokens)
-        if cfg.latency.lut == "measured" and not cfg.latency.lut_path:
+        if cfg.latency.lut == "measured" and not cfg.latency.lut_path and distributed.is_main():
             exp.lut.save(ctx.out_dir / "latency_table.json")  # reusable with --set latency.lut_path=...
     common_args = (cfg, str(ctx.cache.dir.parent), str(ctx.device), exp.lut.to_json())
     job_seconds: dict[str, float] = {}
@@ -675,10 +741,13 @@ def run(cfg: NViTConfig, ctx: RunContext) -> RunRecord:
     scratch = {(r["seed"], r["target"]): r for r in out_c[int(cfg.revit_epochs > 0) : n_special]}
     finished = dict(zip([(s, lb) for s in cfg.seeds for lb, _ in labels], out_c[n_special:], strict=True))
     workers_s = time.perf_counter() - started
+    if not distributed.is_main():  # data parallel: rank 0 times the models alone and writes the record (common.cli)
+        _EXPERIMENTS.clear()
+        return ctx.new_record()
 
     # stage D: measured speedups, here, with no worker running
     dense_cost = model_cost(dense_dims_model(cfg).cpu(), exp.example)
-    with ctx.phase("timing measurements"):
+    with ctx.phase("timing measurements"), solo():
         timing_inputs = exp.timing_inputs()
         for e in per_seed:
             s = e["seed"]
@@ -735,6 +804,13 @@ def run(cfg: NViTConfig, ctx: RunContext) -> RunRecord:
         "scratch_at": [list(x) for x in scratch_at],
         "record_format": FORMAT,
     }  # fmt: skip
+    if distributed.world_size() > 1:
+        world = distributed.world_size()
+        record.extra["data_parallel"] = {"processes": world, "accumulation": cfg.accumulation}
+        record.extra["timing_protocol"] = (
+            f"timed by rank 0 alone after the other {world - 1} process(es) had finished, {ctx.threads} torch "
+            f"thread(s), dense and pruned model interleaved, {cfg.latency.timing_repeats} rounds"
+        )
     fill_record(record)
     return record
 
@@ -808,6 +884,7 @@ def fill_record(record: RunRecord) -> None:
         add(speed_metric, "speedup", "x", paper_metric="speedup vs DeiT-B, V100, batch 256")
         add("top-1 after pruning, before fine-tune (KD batches differ by method)", "top1_pruned", "%")
         add("top-1 after KD fine-tune", "top1_ft", "%")
+        add("top-1 of the fine-tune's weight EMA", "top1_ft_ema", "%")
 
     for label in ex["methods"]:
         for t in targets:
@@ -1009,9 +1086,13 @@ def report(record: RunRecord, out_dir: Path) -> str:
                       f"pruning, fine-tuning and scratch runs, so every cell is mean ± std over n = {n}")  # fmt: skip
     timing = ex.get("timing_protocol", "the dense and the converted pruned model timed interleaved in one run")
     work = ex.get("job_seconds")
+    dp = ex.get("data_parallel")
+    how = (f"data-parallel in {dp['processes']} processes (every job on each process's share of every global batch, "
+           f"gradients averaged over the processes)" if dp else
+           f"as independent jobs in {ex['workers']} worker process(es) of one torch thread each")  # fmt: skip
     work_text = (
-        f" Stages A-C ran as independent jobs in {ex['workers']} worker process(es) of one torch thread each "
-        f"({ex['workers_wall_s'] / 60:.1f} min wall); the jobs' time by phase, summed over jobs: "
+        f" Stages A-C ran {how} ({ex['workers_wall_s'] / 60:.1f} min wall); the jobs' time by phase, summed over "
+        "jobs: "
         + ", ".join(f"{k} {v / 60:.1f} min" if v >= 60 else f"{k} {v:.0f} s"
                     for k, v in sorted(work.items(), key=lambda kv: -kv[1])) + "."
         if work else ""
@@ -1042,4 +1123,44 @@ def report(record: RunRecord, out_dir: Path) -> str:
     if record.claims:
         rules = f"\n\n{RULES_MARKDOWN}" if any(c.effect for c in record.claims) else ""
         parts.append(f"#### Claims\n\n{claims_table(record.claims)}{rules}")
+    variants = variants_section(record, out_dir)
+    if variants:
+        parts.append(variants)
     return "\n\n".join(parts) + "\n"
+
+
+VARIANTS_DIR = "variants"
+"""Records of the same preset run with other options, in ``results/nvit/<preset>/variants/<name>/record.json``
+(e.g. ``official-weights``: the official criterion sets and factors); the preset's section compares them."""
+
+
+def variants_section(record: RunRecord, out_dir: Path) -> str:
+    """NViT's pruning results of the preset's record beside those of its variant records (same preset, other
+    options): per target, top-1 after the KD fine-tune, MACs and kept fraction per structure, mean over seeds."""
+    folder = out_dir / VARIANTS_DIR
+    paths = sorted(folder.glob("*/record.json")) if folder.is_dir() else []
+    if not paths:
+        return ""
+    runs = [("this record", record)] + [(path.parent.name, load_record(path)) for path in paths]
+    rows = []
+    for name, rec in runs:
+        pr = rec.config["prune"]
+        what = (f"{pr.get('score_weights', 'dependency')} weight sets, divisors "
+                f"{', '.join(f'{d:g}' for d in pr['structure_divisors'])}")  # fmt: skip
+        per_seed = rec.extra["per_seed"]
+        for t in rec.extra["targets"]:
+            for label in (NVIT, "η=0"):
+                top1, _ = values_of(per_seed, label, t, "top1_ft")
+                if not top1:
+                    continue
+                macs, _ = values_of(per_seed, label, t, "macs_ratio")
+                have = [snapshot_of(e, label, t) for e in per_seed if snapshot_of(e, label, t)]
+                kept = " / ".join(f"{100 * np.mean([h['kept'][s] for h in have]):.0f}" for s in STRUCTURES)
+                rows.append((name, what, method_name(label), target_label(t, rec.extra.get("target_metric", "latency")),
+                             f"{np.mean(top1):.2f} ± {np.std(top1, ddof=1) if len(top1) > 1 else 0:.2f}",
+                             f"{100 * np.mean(macs):.1f}", kept, len(top1)))  # fmt: skip
+    body = markdown_table(["Run", "score", "method", "target", "top-1 after KD fine-tune [%]", "MACs [% of dense]",
+                           "kept EMB / H / QK / V / MLP [%]", "n"], rows)  # fmt: skip
+    return (f"#### Score variants: the same preset with other options\n\nRecords under "
+            f"`{VARIANTS_DIR}/` of this preset's results folder, each a full run of the preset with the options "
+            f"named (its own record holds every table and claim).\n\n{body}")  # fmt: skip

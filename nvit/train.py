@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from common import data as cdata
+from common import distributed
 from common.errors import check_finite
 from common.runtime import generator, progress
 
@@ -68,14 +69,52 @@ def load_data(cfg: DataConfig, model: ModelConfig) -> Data:
     return Data(train=train, test=test, n_train=len(train), n_test=len(test))
 
 
-def batches(dataset: Dataset, batch_size: int, seed: int, *, num_workers: int = 0) -> Iterator[tuple]:
+RA_REPEATS = 3
+"""Copies of each image per epoch in DeiT's repeated-augmentation sampler."""
+
+
+def epoch_order(n: int, seed: int, epoch: int, *, repeated_augmentation: bool = False) -> torch.Tensor:
+    """The item order of one epoch of :func:`batches`: a seeded permutation (the one ``common.data.loader`` draws:
+    the same generator, after the one draw the DataLoader's iterator takes for its base seed).
+
+    With ``repeated_augmentation`` (DeiT's sampler, implemented from its description): every item repeated
+    :data:`RA_REPEATS` times in a row, and the epoch cut after N//256*256 draws (all N for N < 256), so an epoch
+    shows about a third of the images three times. :func:`batches` gives process r the rows r, r + P, r + 2P, ... of
+    each batch, so the copies of an image land in different processes, as DeiT's strided split does.
+    """
+    g = generator(seed * 1000 + epoch)
+    torch.empty((), dtype=torch.int64).random_(generator=g)  # the DataLoader iterator's base-seed draw
+    perm = torch.randperm(n, generator=g)
+    if not repeated_augmentation:
+        return perm
+    return perm.repeat_interleave(RA_REPEATS)[: (n // 256) * 256 if n >= 256 else n]
+
+
+def batches(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    *,
+    num_workers: int = 0,
+    repeated_augmentation: bool = False,
+    shard: tuple[int, int] | None = None,
+) -> Iterator[tuple]:
     """An endless stream of shuffled batches (a new seeded order each epoch); drops the last partial batch.
 
     An in-memory :class:`TensorDataset` is sliced directly, in exactly the order ``common.data.loader`` gives
     (the same permutation of the same seeded generator, after the one draw the DataLoader's iterator takes for
     its base seed), without the per-item indexing and collation (``tests/nvit/test_train.py``). Its tensors
     may include a third one, the teacher's logits of each image (:func:`with_teacher_logits`).
+
+    Data parallel: ``shard=(rank, processes)`` (default: this process's, from ``common.distributed``) yields this
+    process's share of every *global* batch of ``batch_size`` items: its rows rank, rank + P, ... So P processes
+    together see exactly the batches one process sees (``batch_size`` must be a multiple of P), and only load
+    their own items. ``repeated_augmentation``: DeiT's repeated-augmentation order (:func:`epoch_order`).
     """
+    rank, world = shard if shard is not None else (distributed.rank(), distributed.world_size())
+    if world > 1 or repeated_augmentation:
+        yield from _sharded_batches(dataset, batch_size, seed, rank, world, num_workers, repeated_augmentation)
+        return
     epoch = 0
     if isinstance(dataset, TensorDataset) and num_workers == 0:
         tensors, n = dataset.tensors, len(dataset)
@@ -91,6 +130,35 @@ def batches(dataset: Dataset, batch_size: int, seed: int, *, num_workers: int = 
         loader = cdata.loader(dataset, batch_size, shuffle=True, seed=seed * 1000 + epoch, drop_last=True,
                               num_workers=num_workers)  # fmt: skip
         yield from loader
+        epoch += 1
+
+
+def local_batch_size(batch_size: int, world: int) -> int:
+    if batch_size % world:
+        raise ValueError(
+            f"the global batch size {batch_size} is not a multiple of the {world} processes; choose a batch size "
+            f"divisible by NPROC (each process takes an equal share of every batch)"
+        )
+    return batch_size // world
+
+
+def _sharded_batches(dataset, batch_size, seed, rank, world, num_workers, repeated_augmentation) -> Iterator[tuple]:
+    """:func:`batches` for P processes or with repeated augmentation: this process's rows of each global batch."""
+    local = local_batch_size(batch_size, world)
+    n, epoch = len(dataset), 0
+    while True:
+        order = epoch_order(n, seed, epoch, repeated_augmentation=repeated_augmentation)
+        steps = len(order) // batch_size
+        if steps == 0:
+            raise ValueError(f"an epoch of {len(order)} items has no full batch of {batch_size}")
+        mine = order[: steps * batch_size].view(steps, batch_size)[:, rank::world].reshape(-1)
+        if isinstance(dataset, TensorDataset) and num_workers == 0:
+            for i in range(steps):
+                idx = mine[i * local : (i + 1) * local]
+                yield tuple(t[idx] for t in dataset.tensors)
+        else:
+            yield from torch.utils.data.DataLoader(dataset, batch_size=local, sampler=mine.tolist(), drop_last=True,
+                                                   num_workers=num_workers)  # fmt: skip
         epoch += 1
 
 
@@ -135,6 +203,22 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothi
     return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
+def kl_divergence(student: torch.Tensor, teacher: torch.Tensor, tau: float, reduction: str) -> torch.Tensor:
+    """KL(ψ(z_t/τ) ‖ ψ(z_s/τ)) of the softened distributions, reduced over images and classes.
+
+    ``"batchmean"``: summed over classes, averaged over the B images (torch's ``batchmean``, unchanged);
+    ``"mean"``: sum / (B · classes), written out here: it is what torch's ``KLDivLoss()`` default computes and
+    what the official coefficient 1e5 multiplies, and spelling it out keeps it that size whatever torch's
+    ``reduction="mean"`` does in the future (``tests/nvit/test_train.py``).
+    """
+    log_s, log_t = F.log_softmax(student / tau, -1), F.log_softmax(teacher / tau, -1)
+    if reduction == "batchmean":
+        return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean")
+    if reduction == "mean":
+        return F.kl_div(log_s, log_t, log_target=True, reduction="sum") / student.numel()
+    raise ValueError(f"kl reduction must be 'batchmean' or 'mean', got {reduction!r}")
+
+
 def kd_objective(
     student: FlexViT,
     x: torch.Tensor,
@@ -147,11 +231,14 @@ def kd_objective(
     cnn_teacher: nn.Module | None = None,
     label_smoothing: float = 0.0,
     teacher_logits: torch.Tensor | None = None,
+    kl_per_head: bool = False,
 ) -> torch.Tensor:
     """L = α·L_full + L_CNN (Eq. 8-9).
 
     L_full = KL(ψ(z_s/τ) ‖ ψ(z_t/τ)) to the dense model, on the (averaged) output; reduction per
-    ``kd.kl_reduction``. L_CNN = ``label_loss_coeff`` × [CE(cls, y), or with a distillation token and a CNN
+    ``kd.kl_reduction`` (:func:`kl_divergence`). With ``kl_per_head`` and a distillation token: the mean of the KL
+    of the cls heads and the KL of the dist heads (official fine-tune); the teacher is then run on the batch.
+    L_CNN = ``label_loss_coeff`` × [CE(cls, y), or with a distillation token and a CNN
     teacher DeiT's hard distillation (1−a)·CE(cls, y) + a·CE(dist, argmax teacher)]. ``teacher_logits``: the
     dense model's logits z_t of this batch, computed beforehand (then ``teacher`` is not run).
     """
@@ -167,23 +254,85 @@ def kd_objective(
     else:
         label_loss = soft_cross_entropy(out, y, label_smoothing)
     loss = kd.label_loss_coeff * label_loss
-    if (teacher is not None or teacher_logits is not None) and kl_coeff:
+    if kl_per_head and dist_logits is not None and kl_coeff:
+        if teacher is None or not hasattr(teacher, "forward_heads"):
+            raise ValueError("a per-head KL needs the dense teacher model (with its distillation head), not logits")
+        with torch.no_grad():
+            t_cls, t_dist = teacher.forward_heads(x)
+        if t_dist is None:
+            raise ValueError("a per-head KL needs a teacher with a distillation token")
+        kl = (kl_divergence(cls_logits, t_cls, tau, kd.kl_reduction)
+              + kl_divergence(dist_logits, t_dist, tau, kd.kl_reduction)) / 2  # fmt: skip
+        loss = loss + kl_coeff * kl
+    elif (teacher is not None or teacher_logits is not None) and kl_coeff:
         if teacher_logits is not None:
             t_logits = teacher_logits
         else:
             with torch.no_grad():
                 t_logits = teacher(x)
-        kl = F.kl_div(F.log_softmax(out / tau, -1), F.log_softmax(t_logits / tau, -1), log_target=True,
-                      reduction=kd.kl_reduction)  # fmt: skip
-        loss = loss + kl_coeff * kl
+        loss = loss + kl_coeff * kl_divergence(out, t_logits, tau, kd.kl_reduction)
     return loss
 
 
-def cosine_lr(base: float, step: int, total: int, warmup: int = 0) -> float:
+def cosine_lr(base: float, step: int, total: int, warmup: int = 0, min_lr: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay from ``base`` to ``min_lr`` (timm's cosine schedule with ``lr_min``)."""
     if warmup and step < warmup:
         return base * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
+    if min_lr:
+        return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
     return 0.5 * base * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def sync_gradients(model: nn.Module) -> None:
+    """Data parallel: replace every gradient by its mean over the processes (one all-reduce of one flat buffer).
+
+    Each process's loss is the mean over its equal share of the global batch, so the mean of their gradients is
+    the gradient of the global batch's mean loss: every process then takes the same optimiser step (the reduced
+    buffer is bitwise the same on every process), and a score computed from these gradients (Σ w·∂L/∂w, Eq. 6)
+    equals the one-process score on the same global batch up to float summation order. A no-op in one process.
+    """
+    if distributed.world_size() == 1:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = distributed.all_reduce(torch.cat([p.grad.reshape(-1) for p in params]), op="mean")
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
+
+
+def global_mean(value: float) -> float:
+    """The mean of a per-process number (e.g. a loss) over the processes; itself in one process."""
+    if distributed.world_size() == 1:
+        return value
+    return float(distributed.all_reduce(torch.tensor([value], dtype=torch.float64), op="mean")[0])
+
+
+def backward_accumulated(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None, loss_fn, accumulation: int = 1
+) -> float:
+    """Backward of the mean loss of this process's batch in ``accumulation`` micro-batches (gradient accumulation,
+    to keep the global batch on fewer or smaller devices), then :func:`sync_gradients`. ``loss_fn(x, y, t)`` is the
+    mean loss of a micro-batch; each is weighted by its share of the rows, so the gradients are those of the whole
+    batch. Returns the loss of the global batch (mean over the processes), for logging and divergence checks."""
+    n = len(x)
+    if accumulation < 1 or n % accumulation:
+        raise ValueError(f"a batch of {n} rows per process cannot be split into {accumulation} equal micro-batches")
+    total = 0.0
+    parts = zip(x.chunk(accumulation), y.chunk(accumulation),
+                t.chunk(accumulation) if t is not None else [None] * accumulation, strict=True)  # fmt: skip
+    for xm, ym, tm in parts:
+        loss = loss_fn(xm, ym, tm)
+        scaled = loss if accumulation == 1 else loss * (len(xm) / n)
+        scaled.backward()
+        total += float(scaled.detach())
+    sync_gradients(model)
+    return global_mean(total)
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -219,17 +368,32 @@ def train_steps(
     cnn_teacher: nn.Module | None = None,
     amp: bool = False,
     where: str | None = None,
+    min_lr: float = 0.0,
+    ema=None,
+    kl_per_head: bool = False,
+    accumulation: int = 1,
 ) -> list[float]:
     """``steps`` AdamW steps with a cosine schedule on ``stream``; masks re-applied after each step. Returns losses.
 
     ``mixup`` (e.g. timm's ``Mixup``) mixes each batch and returns soft targets; ``amp`` runs the forward pass in
     bfloat16 autocast on CUDA (ignored on the CPU). A NaN or infinite loss raises
     :class:`common.errors.TrainingDivergedError` naming ``where`` (default: ``desc``) and the step.
+    ``min_lr``: floor of the cosine; ``ema``: a timm ``ModelEmaV2`` of ``model``, updated after every step;
+    ``kl_per_head``: see :func:`kd_objective`. Data parallel: ``stream`` yields this process's share of each global
+    batch (:func:`batches`) and the gradients are averaged over the processes before each step
+    (:func:`backward_accumulated`, which also splits a batch into ``accumulation`` micro-batches).
     """
     kd = kd or KDConfig()
     model.train()
     opt = make_optimizer(model, lr, weight_decay)
     losses = []
+
+    def loss_fn(x, y, t_logits):
+        with autocast(device, amp):
+            return kd_objective(model, x, y, teacher=teacher, kl_coeff=kl_coeff, tau=tau, kd=kd,
+                                cnn_teacher=cnn_teacher, label_smoothing=label_smoothing,
+                                teacher_logits=t_logits, kl_per_head=kl_per_head)  # fmt: skip
+
     for step in progress(range(steps), desc=desc, leave=False):
         x, y, t_logits = unpack(next(stream), device)
         if mixup is not None:
@@ -237,17 +401,14 @@ def train_steps(
                 raise ValueError("precomputed teacher logits cannot be used with mixup/cutmix")
             x, y = mixup(x, y)
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(lr, step, steps, warmup)
-        with autocast(device, amp):
-            loss = kd_objective(model, x, y, teacher=teacher, kl_coeff=kl_coeff, tau=tau, kd=kd,
-                                cnn_teacher=cnn_teacher, label_smoothing=label_smoothing,
-                                teacher_logits=t_logits)  # fmt: skip
-        value = float(loss.detach())
-        check_finite(value, step=step, where=where or desc)
+            group["lr"] = cosine_lr(lr, step, steps, warmup, min_lr)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value = backward_accumulated(model, x, y, t_logits, loss_fn, accumulation)
+        check_finite(value, step=step, where=where or desc)
         opt.step()
         model.apply_masks_()
+        if ema is not None:
+            ema.update(model)
         losses.append(value)
     return losses
 
@@ -260,11 +421,13 @@ def unpack(batch: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tens
 
 
 def train_dense(
-    model: FlexViT, data: Data, cfg: DenseTrainConfig, seed: int, device: torch.device, **kwargs
-) -> list[float]:
+    model: FlexViT, data: Data, cfg: DenseTrainConfig, seed: int, device: torch.device, *, num_workers: int = 0,
+    repeated_augmentation: bool = False, **kwargs,
+) -> list[float]:  # fmt: skip
     """Train the dense ViT from scratch: AdamW, cosine to 0, label smoothing (CPU recipe, notes §5.2)."""
     steps = cfg.epochs * batches_per_epoch(data, cfg.batch_size)
-    stream = batches(data.train, cfg.batch_size, seed)
+    stream = batches(data.train, cfg.batch_size, seed, num_workers=num_workers,
+                     repeated_augmentation=repeated_augmentation)  # fmt: skip
     kwargs.setdefault("where", f"nvit dense training, seed {seed}")
     return train_steps(model, stream, steps, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device,
                        label_smoothing=cfg.label_smoothing, warmup=min(steps // 10, 200), desc="dense",
@@ -288,8 +451,17 @@ def make_mixup(cfg: DataConfig, num_classes: int, label_smoothing: float = 0.1):
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 1000) -> dict[str, float]:
-    """Top-1 accuracy (%) and mean cross-entropy on ``dataset``."""
+    """Top-1 accuracy (%) and mean cross-entropy on ``dataset``.
+
+    Data parallel: process r evaluates items r, r + P, ... and the counts and loss sums are added over the
+    processes, so every process returns the top-1 of the whole set (the same count as one process; the loss up to
+    float summation order)."""
     model.eval()
+    world = distributed.world_size()
+    if world > 1:
+        r = distributed.rank()
+        dataset = (TensorDataset(*(t[r::world] for t in dataset.tensors)) if isinstance(dataset, TensorDataset)
+                   else Subset(dataset, list(range(r, len(dataset), world))))  # fmt: skip
     correct, loss, n = 0, 0.0, 0
     for x, y, *_ in _eval_batches(dataset, batch_size):
         x, y = x.to(device), y.to(device)
@@ -297,4 +469,8 @@ def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, batch_siz
         correct += int((logits.argmax(-1) == y).sum())
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
         n += len(y)
+    if world > 1:
+        with torch.inference_mode(False):
+            totals = distributed.all_reduce(torch.tensor([correct, loss, n], dtype=torch.float64))
+        correct, loss, n = int(totals[0]), float(totals[1]), int(totals[2])
     return {"top1": 100.0 * correct / n, "loss": loss / n}

@@ -132,3 +132,52 @@ def test_random_baseline_draws_once_per_group_whatever_its_size():
     heads = [g.score for g in groups if g.layer[0] == "H"]
     assert all(0.0 <= g.score < 1.0 and g.ranked == g.score for g in groups)
     assert abs(sum(mlp) / len(mlp) - sum(heads) / len(heads)) < 0.1  # no size bias
+
+
+def test_official_weight_sets_sum_the_official_tensors():
+    """The official criterion sets (notes §1.1), checked against sums written out tensor by tensor."""
+    from nvit.method import reduce_units_official
+
+    model = tiny(distill=True)
+    elem = {n: torch.rand_like(p, dtype=torch.float64) for n, p in model.named_parameters()}
+    got = reduce_units_official(model, elem)
+    h, dq, dv = 3, 4, 6
+    emb = elem["patch_embed.proj.weight"].sum((1, 2, 3)) + elem["patch_embed.proj.bias"]
+    for i in range(2):
+        p = f"blocks.{i}."
+        q, k, v = (elem[p + f"attn.{n}.weight"] for n in "qkv")
+        qb, kb, vb = (elem[p + f"attn.{n}.bias"] for n in "qkv")
+        for head in range(h):
+            rows, vrows = slice(head * dq, (head + 1) * dq), slice(head * dv, (head + 1) * dv)
+            want = q[rows].sum() + k[rows].sum() + qb[rows].sum() + kb[rows].sum() + v[vrows].sum() + vb[vrows].sum()
+            assert float(got[("H", i)][head]) == pytest.approx(float(want), rel=1e-12)
+        for j in range(dq):  # QK: the q rows of index j in every head, and their biases; not k
+            want = q[j::dq].sum() + qb[j::dq].sum()
+            assert float(got[("QK", i)][j]) == pytest.approx(float(want), rel=1e-12)
+        for j in range(dv):  # V: the v rows and biases only; not the proj columns
+            assert float(got[("V", i)][j]) == pytest.approx(float(v[j::dv].sum() + vb[j::dv].sum()), rel=1e-12)
+        fc1 = elem[p + "mlp.fc1.weight"]
+        torch.testing.assert_close(got[("MLP", i)], fc1.sum(1) + elem[p + "mlp.fc1.bias"])  # not fc2's columns
+        emb = emb + q.sum(0) + k.sum(0) + v.sum(0) + elem[p + "attn.proj.weight"].sum(1) + elem[p + "attn.proj.bias"]
+        emb = emb + fc1.sum(0) + elem[p + "mlp.fc2.weight"].sum(1) + elem[p + "mlp.fc2.bias"]
+    # EMB: no LayerNorm, cls/dist token, position embedding or classifier
+    torch.testing.assert_close(got[("EMB", None)], emb, rtol=1e-12, atol=0.0)
+
+
+def test_official_qk_and_v_sums_are_half_the_dependency_sums():
+    """Scaling a QK index's q rows by a and its k rows by 1/a (or a V index's v rows and proj columns) changes
+    nothing, so d/da = 0 at a = 1 makes the two halves of the full sum equal: full = 2 x official, score 4x."""
+    model, _, _ = gradients(tiny())
+    full, official = weight_times_grad(model), weight_times_grad(model, weights="official")
+    for i in range(2):
+        for s in ("QK", "V"):  # float64 sums of ~10² products: relative error ~1e-14
+            torch.testing.assert_close(full[(s, i)], 2 * official[(s, i)], rtol=1e-9, atol=1e-18)
+    acc = SaliencyAccumulator("hessian", divisors=(12.0, 12.0, 2.0, 2.0, 1.0), weights="official")
+    acc.add_batch(model)
+    scores = acc.step_scores(model)
+    torch.testing.assert_close(scores[("QK", 1)], (official[("QK", 1)] / 2) ** 2)
+    torch.testing.assert_close(scores[("EMB", None)], (official[("EMB", None)] / 12) ** 2)
+    with pytest.raises(ValueError, match="weights"):
+        SaliencyAccumulator("hessian", weights="some")
+    with pytest.raises(ValueError, match="weights"):
+        weight_times_grad(model, weights="some")

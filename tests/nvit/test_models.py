@@ -160,3 +160,45 @@ def test_bad_dims_are_rejected():
         ViTDims(emb=8, heads=(1, 2), qk=(2,), v=(2, 2), mlp=(4, 4))
     with pytest.raises(ValueError):
         ViTDims.uniform(depth=1, emb=8, heads=0, qk=2, v=2, mlp=4)
+
+
+def test_revit_official_builder_gives_table7_sizes():
+    """The official builder at EMB 384 with DeiT's distillation token: 23.1M params, 4.71G MACs (Table 7: ReViT-S
+    23M, 4.7G); the Table 6 text gives 22.4M / 4.53G. Exact closed forms (integers)."""
+    from nvit.models import revit_dims_official
+
+    kw = dict(image_size=224, patch_size=16, in_chans=3, num_classes=1000, distillation_token=True)
+    s = revit_dims(384, 12, rule="official", **kw)
+    assert s == revit_dims_official(384, 12, **kw)
+    assert s.heads == (10, 4, 4, 8, 8, 8, 8, 8, 8, 4, 4, 10) and s.qk == (32, 16, 16, *(32,) * 6, 16, 16, 32)
+    assert s.v == (64,) * 12 and s.mlp == (1152,) * 3 + (2304,) * 6 + (1152,) * 3
+    assert count_dims_params(s) == 23_123_280 and vit_macs(s) == 4_705_190_400
+    table6 = revit_dims(384, 12, **kw)
+    assert count_dims_params(table6) == 22_434_128 and vit_macs(table6) == 4_533_814_272
+    t = revit_dims(176, 12, rule="official", **kw)  # ReViT-T: Table 7 says 5.9M / 1.3G, neither rule gives that
+    assert t.heads == (10, 2, 2, 4, 4, 4, 4, 4, 4, 2, 2, 10) and count_dims_params(t) == 5_339_136
+    with pytest.raises(ValueError, match="12 blocks"):
+        revit_dims(64, 6, rule="official")
+    with pytest.raises(ValueError, match="rule"):
+        revit_dims(64, 6, rule="other")
+
+
+def test_drop_path_trains_only_and_is_off_by_default():
+    from nvit.models import set_drop_path
+
+    model, x = tiny(), torch.randn(4, 2, 8, 8)
+    model.train()
+    with torch.no_grad():
+        plain = model(x)
+        set_drop_path(model, 0.5)
+        assert [b.drop_path_rate for b in model.blocks] == [0.0, 0.5]  # linear in depth, as timm
+        torch.manual_seed(3)
+        dropped = model(x)
+        model.eval()
+        torch.testing.assert_close(model(x), plain, rtol=0, atol=0)  # eval: exactly the identity
+        set_drop_path(model, 0.0)
+        model.train()
+        assert torch.equal(model(x), plain)
+    assert not torch.allclose(dropped, plain)
+    with pytest.raises(ValueError):
+        set_drop_path(model, 1.0)

@@ -99,3 +99,48 @@ def test_one_and_two_workers_give_the_same_record(tmp_path, monkeypatch):
         records[workers] = load_record(results / "nvit" / "smoke")
     assert records[1].extra["workers"] == 1 and records[2].extra["workers"] == 2
     assert _without_timings(records[1]) == _without_timings(records[2])  # bit for bit: one thread everywhere
+
+
+@pytest.mark.parametrize("weights", ["dependency", "official"])
+def test_both_score_weight_sets_run_end_to_end(tmp_path, monkeypatch, weights):
+    """A cut-down smoke run with each weight set (the official one with the official factors, as in `paper`)."""
+    monkeypatch.setenv("PRUNE_REPRO_WORKERS", "1")
+    monkeypatch.setenv("PRUNE_REPRO_CACHE", str(tmp_path / "cache"))
+    divisors = "(12.0, 12.0, 2.0, 2.0, 1.0)" if weights == "official" else "(1.0, 1.0, 1.0, 1.0, 1.0)"
+    argv = ["reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(tmp_path), "--set", "seeds=(0,)",
+            "--set", "prune.baselines=()", "--set", "score_check.groups=4", "--set", "revit_epochs=0",
+            "--set", "finetune.scratch_baseline=False", "--set", "dense.epochs=1",
+            "--set", f"prune.score_weights={weights}", "--set", f"prune.structure_divisors={divisors}"]  # fmt: skip
+    assert main("nvit", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv) == 0
+    record = load_record(tmp_path / "nvit" / "smoke")
+    assert record.config["prune"]["score_weights"] == weights
+    (entry,) = record.extra["per_seed"]
+    assert [s["target"] for s in entry["methods"][claims.NVIT]["snapshots"]] == [0.6, 0.4]
+    variant = reproduce.HESSIAN_RAW if weights == "official" else reproduce.HESSIAN_OFFICIAL
+    assert set(entry["score_check"]["rho"]) >= {"hessian", variant}
+
+
+def test_paper_preset_follows_the_official_recipe():
+    cfg = config.paper()
+    assert cfg.prune.score_weights == "official" and cfg.prune.structure_divisors == (12.0, 12.0, 2.0, 2.0, 1.0)
+    assert cfg.kd.finetune_kl_per_head and cfg.kd.finetune_tau == 20.0 and cfg.kd.kl_reduction == "mean"
+    assert cfg.finetune.min_lr == 1e-5 and cfg.finetune.model_ema_decay == 0.99996
+    assert cfg.finetune.drop_path == 0.0  # official: 0.1, but its student fine-tunes in eval mode (see the help)
+    assert cfg.data.repeated_augmentation and cfg.data.num_workers == 10
+    for preset in (config.smoke(), config.mini()):  # new options default to what the committed records computed
+        assert preset.prune.score_weights == "dependency" and not preset.kd.finetune_kl_per_head
+        assert preset.finetune.min_lr == 0.0 and preset.finetune.model_ema_decay == 0.0
+        assert preset.finetune.drop_path == 0.0 and not preset.data.repeated_augmentation
+        assert preset.accumulation == 1 and preset.revit_rule == "table6"
+
+
+def test_variant_records_are_compared_in_the_preset_section(smoke_results, tmp_path):
+    import shutil
+
+    src = smoke_results / "nvit" / "smoke"
+    record = load_record(src)
+    assert reproduce.variants_section(record, tmp_path) == ""
+    shutil.copytree(src, tmp_path / reproduce.VARIANTS_DIR / "official-weights")
+    text = reproduce.variants_section(record, tmp_path)
+    assert "| official-weights | dependency weight sets" in text and "| this record |" in text
+    assert "NViT" in text and "kept EMB / H / QK / V / MLP" in text
