@@ -38,6 +38,11 @@ class DecoderConfig:
     max_new_tokens: int = param(800, "greedy generation length (official: 800)")
     batch_size: int = param(16, "prompts per generate call")
     dtype: Literal["float32", "float16", "bfloat16"] = param("bfloat16", "weights' dtype (deltas are kept in fp32)")
+    device_map: str = param(
+        "",
+        "'' = the fine-tuned model on this process's device; 'auto' = spread over every visible GPU by "
+        "accelerate's big-model loading (one process, for a model too large for one GPU; not with NPROC)",
+    )
     proxy_items: int = param(200, "GSM8K-train items whose text feeds the label-free objective")
     proxy_windows: int = param(100, "packed token windows of the label-free objective (official: 100)")
     proxy_window: int = param(256, "tokens per window (official: 256)")

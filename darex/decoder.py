@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common import distributed as dist
 from common.cli import RunContext
 from common.data import DatasetNotFoundError
 from common.errors import IncompatibleModelsError, UserError
@@ -127,8 +128,9 @@ def tiny_llama_config(vocab_size: int):
     )  # fmt: skip
 
 
-def load_causal_lm(path: str, dtype: torch.dtype, role: str, vocab_size: int = 0) -> nn.Module:
-    """A causal LM from a local directory; ``tiny-llama`` builds one (the fine-tuned one perturbed)."""
+def load_causal_lm(path: str, dtype: torch.dtype, role: str, vocab_size: int = 0, device_map: str = "") -> nn.Module:
+    """A causal LM from a local directory; ``tiny-llama`` builds one (the fine-tuned one perturbed). A
+    ``device_map`` (e.g. ``"auto"``) places it with accelerate's big-model loading (``from_pretrained``)."""
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     if path == TINY_LLAMA:
@@ -142,8 +144,11 @@ def load_causal_lm(path: str, dtype: torch.dtype, role: str, vocab_size: int = 0
         return model.to(dtype).eval()
     key = f"decoder.{role}_path"
     require_model_dir(path, key, hint=f"Put a Hugging Face causal LM directory there and pass --set {key}=...")
+    kwargs = {"device_map": device_map} if device_map else {}
     return load_or_explain(
-        lambda: AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype, local_files_only=True), key, path
+        lambda: AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **kwargs),
+        key,
+        path,
     ).eval()
 
 
@@ -161,23 +166,34 @@ def load_tokenizer(path: str):
 
 
 class DecoderBench:
-    """θ_P + Δ̂ loaded into the fine-tuned model (non-delta tensors keep their fine-tuned values)."""
+    """θ_P + Δ̂ loaded into the fine-tuned model (non-delta tensors keep their fine-tuned values).
+
+    The fine-tuned model sits on ``device``, or, with ``decoder.device_map`` (e.g. ``auto``), spread over every
+    visible GPU by accelerate's big-model loading; θ_P and Δ of each delta tensor live where that tensor lives.
+    Under a launcher (``NPROC=N``) each rank holds a whole model and generates every N-th answer
+    (:meth:`accuracy`); the counts are summed over the ranks.
+    """
 
     def __init__(self, dc: DecoderConfig, device: torch.device):
-        self.dc, self.device = dc, device
+        self.dc = dc
         dtype = getattr(torch, dc.dtype)
         self.tokenizer = load_tokenizer(dc.finetuned_path)
         vocab = len(self.tokenizer)
         base = load_causal_lm(dc.base_path, dtype, "base", vocab)
-        self.model = load_causal_lm(dc.finetuned_path, dtype, "finetuned", vocab).to(device)
+        placement = {"device_map": dc.device_map} if dc.device_map else {}
+        self.model = load_causal_lm(dc.finetuned_path, dtype, "finetuned", vocab, **placement)
+        if not dc.device_map:
+            self.model.to(device)
+        self.device = self.model.get_input_embeddings().weight.device  # where the inputs go
+        where = {n: t.device for n, t in self.model.named_parameters()}
         # Every parameter the include rule matches is a delta, weights and biases alike (the official decoder
         # code prunes every tensor under mlp/self_attn, so Qwen2's q/k/v biases too).
         include = re.compile(dc.include)
         finetuned = {n: t.detach() for n, t in self.model.named_parameters() if include.search(n)}
         if not finetuned:
             raise UserError(f"decoder.include={dc.include!r} matches no parameter of {dc.finetuned_path}")
-        # θ_P of the delta tensors, on the device
-        self.base = {n: t.detach().to(device) for n, t in base.named_parameters() if include.search(n)}
+        # θ_P of the delta tensors, each where the fine-tuned tensor is
+        self.base = {n: t.detach().to(where[n]) for n, t in base.named_parameters() if include.search(n)}
         del base
         try:
             self.deltas = delta_parameters(self.base, finetuned, exclude=None)
@@ -199,9 +215,13 @@ class DecoderBench:
 
     @torch.no_grad()
     def accuracy(self, pruned: Deltas, problems: Sequence[Problem], desc: str) -> float:
+        """Percent of ``problems`` answered correctly; this rank generates its share (every N-th problem under a
+        launcher, all of them otherwise) and the counts are summed over the ranks, so every rank returns the
+        accuracy on all of ``problems``."""
         self.load(pruned)
         dc, tok = self.dc, self.tokenizer
-        prompts = [PROMPTS[dc.prompt].format(question=p.question) for p in problems]
+        mine = dist.shard(problems)
+        prompts = [PROMPTS[dc.prompt].format(question=p.question) for p in mine]
         correct = 0
         for start in progress(range(0, len(prompts), dc.batch_size), desc=desc, leave=False):
             chunk = prompts[start : start + dc.batch_size]
@@ -209,10 +229,12 @@ class DecoderBench:
             out = self.model.generate(**batch, max_new_tokens=dc.max_new_tokens, do_sample=False,
                                       pad_token_id=tok.pad_token_id)  # fmt: skip
             texts = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-            for text, problem in zip(texts, problems[start : start + dc.batch_size], strict=True):
+            for text, problem in zip(texts, mine[start : start + dc.batch_size], strict=True):
                 answer = extract_answer(text, dc.answer_marker)
                 correct += answer is not None and abs(answer - problem.answer) < 1e-6
-        return 100.0 * correct / len(problems)
+        # NCCL reduces CUDA tensors only: the count travels on this rank's device (float64 counts are exact)
+        total = dist.all_reduce(torch.tensor([float(correct)], dtype=torch.float64, device=self.device))
+        return 100.0 * float(total[0]) / len(problems)
 
     @torch.no_grad()
     def _top_logits(self) -> torch.Tensor:
@@ -243,6 +265,11 @@ class DecoderBench:
 def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
     dc, pc = cfg.decoder, cfg.prune
     run_checks(decoder_input_checks(dc))  # every path, before any model is loaded
+    if dc.device_map and dist.world_size() > 1:
+        raise UserError(
+            f"decoder.device_map={dc.device_map!r} spreads one model over every GPU of one process; under a "
+            "launcher (NPROC) each rank holds a whole model. Use one or the other."
+        )
     val = read_gsm8k(dc.val_file, dc.n_val)
     test = read_gsm8k(dc.test_file, dc.n_test)
     proxy_texts = [p.question + " " + p.solution for p in read_gsm8k(dc.val_file, dc.proxy_items)]

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from common import distributed as dist
 from common.cli import RunContext
 from common.config import to_dict
 from common.parallel import default_workers, map_jobs
@@ -535,11 +536,19 @@ def run_job(job: Job, cfg: DarexConfig, cache: ArtifactCache, device: str) -> tu
 
 def _run_jobs(jobs: list[Job], cfg: DarexConfig, ctx: RunContext, workers: int, desc: str,
               phases: dict[str, float]) -> dict[Job, Any]:  # fmt: skip
-    """Run ``jobs`` (longest first) in ``workers`` processes; their results by job, their phase times added up."""
+    """Run ``jobs`` (longest first) in ``workers`` processes; their results by job, their phase times added up.
+
+    Under a launcher (``make reproduce-darex NPROC=N``) each of the N ranks runs every N-th job
+    (:func:`common.distributed.shard`) and every rank receives all results (:func:`~common.distributed.gather_objects`,
+    which also makes the ranks wait for each other: a fine-tune cached by one rank is there for the pruning jobs
+    of all). A job seeds itself and runs on one thread wherever it runs, so the results do not depend on N."""
     ordered = sorted(jobs, key=lambda j: -j.cost)  # stable: ties keep the config order
-    out = map_jobs(run_job, [(job, cfg, ctx.cache, str(ctx.device)) for job in ordered], workers=workers, desc=desc)
+    mine = dist.shard(range(len(ordered)))
+    out = map_jobs(run_job, [(ordered[i], cfg, ctx.cache, str(ctx.device)) for i in mine], workers=workers, desc=desc)
+    by_index = dict(pair for part in dist.gather_objects(list(zip(mine, out, strict=True))) for pair in part)
     results = {}
-    for job, (result, seconds) in zip(ordered, out, strict=True):
+    for i, job in enumerate(ordered):
+        result, seconds = by_index[i]
         results[job] = result
         for name, value in seconds.items():
             phases[name] = round(phases.get(name, 0.0) + value, 2)
@@ -555,7 +564,8 @@ def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
     regimes = [r for r in (TEXT, SYNTHETIC) if r in cfg.experiment.split("+")]
     if any(not 0 <= m < SEARCH_MASK for m in cfg.prune.mask_seeds):
         raise ValueError(f"prune.mask_seeds must lie in [0, {SEARCH_MASK}); got {cfg.prune.mask_seeds}")
-    workers = default_workers() if ctx.device.type == "cpu" else 1
+    # One worker per rank under a launcher (each rank is a process already), else 2 on a CPU (default_workers).
+    workers = default_workers() if ctx.device.type == "cpu" and dist.world_size() == 1 else 1
     train_jobs, prune_jobs = [], []
     for regime in regimes:
         train, prune = text_jobs(cfg) if regime == TEXT else synthetic.jobs(cfg)

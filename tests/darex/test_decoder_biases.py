@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
 
-from common.errors import EXIT_USER_ERROR, IncompatibleModelsError
+from common.errors import EXIT_USER_ERROR, IncompatibleModelsError, UserError
 from common.runtime import generator
 from darex.config import DecoderConfig
 from darex.decoder import DecoderBench
@@ -94,3 +95,45 @@ def test_a_decoder_pair_of_different_depth_is_refused(qwen_dirs, tmp_path, capsy
     with pytest.raises(IncompatibleModelsError):
         DecoderBench(DecoderConfig(base_path=str(root / "base"), finetuned_path=str(root / "deeper"),
                                    dtype="float32"), torch.device("cpu"))  # fmt: skip
+
+
+def test_big_model_loading_with_a_device_map_gives_the_same_bench(qwen_dirs, monkeypatch):
+    """``decoder.device_map`` loads the fine-tuned model with accelerate's big-model loading (here all on the CPU):
+    the same deltas, in place where each tensor lives, and the same answers."""
+    from transformers import AutoModelForCausalLM
+
+    from darex.decoder import Problem
+
+    root, _, _ = qwen_dirs
+    dc = DecoderConfig(base_path=str(root / "base"), finetuned_path=str(root / "finetuned"), dtype="float32",
+                       max_new_tokens=3, batch_size=2)  # fmt: skip
+    plain = DecoderBench(dc, torch.device("cpu"))
+    maps, original = [], AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        maps.append(kwargs.get("device_map"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    mapped = DecoderBench(replace(dc, device_map="cpu"), torch.device("cpu"))
+    assert maps == [None, "cpu"], "the base loads plainly (to the CPU), the fine-tuned model with the device map"
+    assert mapped.deltas.keys() == plain.deltas.keys()
+    for name, delta in plain.deltas.items():
+        torch.testing.assert_close(mapped.deltas[name], delta, rtol=0, atol=0)
+    problems = [Problem(question=f"What is {i} + 1?", answer=float(i + 1)) for i in range(3)]
+    pruned = dare(plain.deltas, 0.5, generator=generator(0))
+    assert mapped.accuracy(pruned, problems, "mapped") == plain.accuracy(pruned, problems, "plain")
+
+
+def test_a_device_map_under_a_launcher_is_refused(qwen_dirs, tmp_path, monkeypatch):
+    from darex import config, decoder
+
+    root, _, _ = qwen_dirs
+    gsm8k = tmp_path / "gsm8k.jsonl"
+    gsm8k.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    cfg = config.paper()
+    dc = replace(cfg.decoder, base_path=str(root / "base"), finetuned_path=str(root / "finetuned"),
+                 val_file=str(gsm8k), test_file=str(gsm8k), device_map="auto")  # fmt: skip
+    monkeypatch.setattr(decoder.dist, "world_size", lambda: 2)
+    with pytest.raises(UserError, match=r"decoder\.device_map"):
+        decoder.run(replace(cfg, experiment="decoder", decoder=dc), ctx=None)

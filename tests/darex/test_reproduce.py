@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from common.results import VERDICTS, load_record
-from common.runtime import generator
+from common.runtime import REPO_ROOT, generator
 from darex import claims, config, reproduce, synthetic
 from darex.method import dare
 from darex.regimes import SEARCH_MASK, SYNTHETIC, TEXT, mask_ids, model_table, reference_table
@@ -17,31 +21,62 @@ from tests.test_cli import run_cli
 pytestmark = pytest.mark.e2e  # whole preset runs; `make test` skips them on its second kernel pass
 
 
+def _smoke(tmp_path_factory, workers: int) -> Path:
+    """The smoke preset in this process with ``workers`` worker processes, from an empty cache of its own (so the
+    fine-tunes are trained)."""
+    root = tmp_path_factory.mktemp(f"w{workers}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRUNE_REPRO_CACHE", str(root / "cache"))
+        mp.setenv("PRUNE_REPRO_WORKERS", str(workers))
+        assert run_cli("reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(root)) == 0
+    return root / "darex" / "smoke"
+
+
 @pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory):
-    """The smoke preset with 1 worker (every job in this process) and with 2 worker processes, each from an
-    empty cache of its own (so the fine-tunes are trained in both)."""
-    out = {}
-    for workers in (1, 2):
-        root = tmp_path_factory.mktemp(f"w{workers}")
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("PRUNE_REPRO_CACHE", str(root / "cache"))
-            mp.setenv("PRUNE_REPRO_WORKERS", str(workers))
-            assert run_cli("reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(root)) == 0
-        out[workers] = root / "darex" / "smoke"
-    return out
+def smoke_one_worker(tmp_path_factory):
+    return _smoke(tmp_path_factory, 1)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory, smoke_one_worker):
+    """The smoke preset with 1 worker (every job in this process) and with 2 worker processes."""
+    return {1: smoke_one_worker, 2: _smoke(tmp_path_factory, 2)}
+
+
+def _comparable(out: Path) -> dict:
+    """The record in ``out`` without what legitimately differs between runs: provenance (timings, world size) and
+    how the jobs were spread (worker count, time per phase)."""
+    record = json.loads((out / "record.json").read_text())
+    record.pop("provenance")
+    record["extra"].pop("workers")
+    record["extra"].pop("job_phases_s")
+    return record
 
 
 @pytest.mark.timeout(900)
 def test_one_and_two_workers_write_the_same_record(smoke_runs):
-    records = {}
     for workers, out in smoke_runs.items():
-        record = json.loads((out / "record.json").read_text())
-        record.pop("provenance")  # timings
-        assert record["extra"].pop("workers") == workers
-        record["extra"].pop("job_phases_s")
-        records[workers] = record
-    assert records[1] == records[2]
+        assert json.loads((out / "record.json").read_text())["extra"]["workers"] == workers
+    assert _comparable(smoke_runs[1]) == _comparable(smoke_runs[2])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_two_launched_processes_write_the_record_of_one(smoke_one_worker, tmp_path):
+    """``python -m common.launch --nproc 2 -m darex reproduce --preset smoke`` (what ``make reproduce-darex
+    PRESET=smoke NPROC=2`` runs; CPU processes on gloo): the ranks split the jobs, rank 0 writes a record equal to
+    the one-process run's, and each rank runs its jobs in itself (one worker)."""
+    env = {**os.environ, "PRUNE_REPRO_CACHE": str(tmp_path / "cache"), "PRUNE_REPRO_WORKERS": "2",
+           "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
+    cmd = [sys.executable, "-m", "common.launch", "--nproc", "2", "-m", "darex", "reproduce", "--preset", "smoke",
+           "--no-readme", "--results-dir", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=3500)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = tmp_path / "darex" / "smoke"
+    record = json.loads((out / "record.json").read_text())
+    assert record["provenance"]["world_size"] == 2 and record["extra"]["workers"] == 1
+    assert "gloo" in record["provenance"]["backend"].lower()
+    assert _comparable(out) == _comparable(smoke_one_worker)
 
 
 def test_smoke_record_holds_both_regimes_and_their_claims(smoke_runs):
