@@ -94,3 +94,34 @@ def test_partial_guidance_factor_and_shape_errors():
         dwt.lowpass_swap(pred, ll[..., :-1], "haar")
     with pytest.raises(ValueError, match="unknown discrete wavelet"):
         dwt.lowpass(pred, "nope")
+
+
+@pytest.mark.parametrize("wave", ["db4", "haar", "bior2.2"])
+@pytest.mark.parametrize("level", [1, 2])
+@pytest.mark.parametrize("size", [(40, 36), (25, 21)], ids=["even", "odd"])
+def test_periodization_matches_pywavelets(wave, level, size):
+    """ptwt has no periodization mode; ours (a circular convolution kept at every second sample) gives PyWavelets'
+    coefficients and inverse, also for odd sides (extended by their last sample) and two levels."""
+    x = torch.rand(2, 3, *size, dtype=F64)
+    ours = dwt.dwt2(x, wave, level, "periodization")
+    ref = pywt.wavedec2(x.numpy(), wave, mode="periodization", level=level, axes=(-2, -1))
+    tol = dwt_tolerance(level)
+    assert ours[0].shape[-2:] == ref[0].shape[-2:]
+    np.testing.assert_allclose(ours[0].numpy(), ref[0], rtol=0, atol=tol)
+    for bands, ref_bands in zip(ours[1:], ref[1:], strict=True):
+        for a, b in zip(bands, ref_bands, strict=True):
+            np.testing.assert_allclose(a.numpy(), b, rtol=0, atol=tol)
+    rec = dwt.idwt2(ours, size, wave, "periodization")
+    ref_rec = pywt.waverec2(ref, wave, mode="periodization", axes=(-2, -1))[..., : size[0], : size[1]]
+    np.testing.assert_allclose(rec.numpy(), ref_rec, rtol=0, atol=2 * tol)
+    assert (rec - x).abs().max() <= 2 * tol  # perfect reconstruction
+
+
+def test_db4_periodization_halves_each_side_and_its_swap_is_exact_everywhere():
+    """An orthogonal wavelet with periodization is an orthogonal transform of an even-sized image, so the LL swap is
+    idempotent at the boundary too (with symmetric padding it is not: see the test above)."""
+    guide, pred = torch.rand(1, 3, 64, 48, dtype=F64), torch.rand(1, 3, 64, 48, dtype=F64)
+    ll = dwt.lowpass(guide, "db4", 1, "periodization")
+    assert ll.shape[-2:] == (32, 24)
+    out = dwt.lowpass_swap(pred, ll, "db4", 1, "periodization")
+    assert (dwt.lowpass(out, "db4", 1, "periodization") - ll).abs().max() <= 3 * dwt_tolerance()
