@@ -41,6 +41,7 @@ from .config import StageConfig
 
 Denoise = Callable[[torch.Tensor, float, int], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 Codec = Callable[[torch.Tensor], torch.Tensor]
+StepCallback = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -463,6 +464,7 @@ def diffusehigh_stage(
     guidance_factor: float = 1.0,
     size_multiple: int = 1,
     *,
+    step_callback: StepCallback | None = None,
     _validated: bool = False,
 ) -> tuple[torch.Tensor, StageInfo]:
     """One DiffuseHigh stage from the previous stage's image (pixel space) to an image of ``size``.
@@ -480,6 +482,10 @@ def diffusehigh_stage(
     ``previous`` on either side (the same size is a refinement pass) and must be a multiple of ``size_multiple``
     (the autoencoder's downsampling factor; 1 for pixel models). ``_validated`` is :func:`diffusehigh`'s: it has
     checked every stage's arguments before the first stage, so its loop skips the per-stage checks.
+
+    ``step_callback(i, t, z)`` is called after each step with the step's index, timestep and new sample; a tensor it
+    returns replaces the sample (diffusers' ``callback_on_step_end`` contract), None keeps it. Without a callback,
+    or with one that returns None, the stage computes exactly what it computes without one.
     """
     if _validated:
         size = tuple(size)
@@ -509,6 +515,10 @@ def diffusehigh_stage(
                 z = euler_step(z, x0, sigma, sigma_next)
         else:
             z = ddim_step(x0, eps, sigma_next)
+        if step_callback is not None:
+            replaced = step_callback(i, t, z)
+            if replaced is not None:
+                z = replaced
     info = StageInfo(tuple(size), used_sigma, guided, levels.sigmas[0], len(levels))
     return decode(z), info
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffusehigh import core
-from diffusehigh.pipeline import DiffuseHighSDXLPipeline, load_local_pipeline
+from diffusehigh.pipeline import DiffuseHighSDXLPipeline, load_local_pipeline, resize_to
 
 from .numerics import EPS32
 from .tiny_sdxl import prompt_embeds, tiny_pipeline
@@ -75,10 +75,13 @@ def test_same_generator_same_image_and_sharpening_follows_the_generator(pipe):
 
 
 def test_guidance_image_path_and_bad_inputs(pipe):
+    """A guide is resized to the base size (height x width = 32 x 32 here), as released: a 24 x 24 guide becomes the
+    32 x 32 base image (bicubic), and the stages start from it."""
     low = torch.rand(1, 3, 24, 24)
     kw = {**KW, "target_height": [48], "target_width": [40]}
     out = pipe(guidance_image=low, generator=torch.Generator().manual_seed(0), **kw, **prompt_embeds())
-    assert out.images.shape == (1, 3, 48, 40) and torch.equal(out.guidance_images, low)
+    assert out.images.shape == (1, 3, 48, 40)
+    assert torch.equal(out.guidance_images, resize_to([low], (32, 32), torch.float32, "cpu"))
     with pytest.raises(ValueError, match="same, non-zero number"):
         pipe(guidance_image=low, **{**kw, "target_width": [40, 48]}, **prompt_embeds())
 
@@ -219,11 +222,11 @@ BAD_ARGUMENTS = {
     "shrinking on one side": ({"target_height": [64, 64], "target_width": [64, 48]}, "not be smaller than stage 0"),
     "first stage below the base": ({"target_height": [30], "target_width": [32]}, "must not be smaller than the base"),
     "a fractional float size": ({"target_width": [48.5, 64.0]}, "target_width[0] must be an integer"),
-    "a 2-D array of sizes": ({"target_height": np.array([[48, 64]])}, "target_height must be a non-empty list"),
+    "a 2-D array of sizes": ({"target_height": np.array([[48, 64]])}, "target_height must be a size or a non-empty"),
     "a numpy int for a flag": ({"return_dict": np.int64(1)}, "return_dict must be True or False"),
-    "no stages": ({"target_height": [], "target_width": []}, "target_height must be a non-empty list"),
+    "no stages": ({"target_height": [], "target_width": []}, "target_height must be a size or a non-empty list"),
     "stage lists of different lengths": ({"target_width": [48]}, "same, non-zero number of stages"),
-    "a size, not a list": ({"target_height": 64, "target_width": 64}, "target_height must be a non-empty list"),
+    "a bool for a size": ({"target_height": True}, "target_height must be a size or a non-empty list"),
     "a fractional size": ({"target_height": [48.5, 64]}, "target_height[0] must be an integer"),
     "negative dwt_steps": ({"dwt_steps": -1}, "dwt_steps must be >= 0"),
     "negative dwt_steps, DWT off": ({"dwt_steps": -1, "enable_dwt": False}, "dwt_steps must be >= 0"),
@@ -256,16 +259,28 @@ BAD_ARGUMENTS = {
     "guidance image out of [0, 1]": ({"guidance_image": torch.rand(1, 3, 24, 24) + 1}, "guidance_image values"),
     "guidance image just past the tolerance": (
         {"guidance_image": _image_with(1 + 2e-3)},
-        "values must be in [0, 1] (up to 0.001, then clamped), got [0, 1.002]",
+        "values must be in [0, 1] or [-1, 1] (up to 0.001, then clamped), got [0, 1.002]",
     ),
-    "guidance image in [-1, 1]": ({"guidance_image": torch.rand(1, 3, 24, 24) * 2 - 1}, "guidance_image values"),
+    "guidance image in [0, 255]": ({"guidance_image": _image_with(255.0)}, "guidance_image values"),
+    "guidance image below -1": ({"guidance_image": _image_with(-1.5)}, "guidance_image values"),
+    "negative values said to be in [0, 1]": (
+        {"guidance_image": _image_with(-0.5), "guidance_image_range": (0, 1)}, "values must be in [0, 1] (up to",
+    ),
+    "an unknown value range": ({"guidance_image": _image_with(0.5), "guidance_image_range": (0, 255)}, "_range must"),
+    "a guidance image of another type": ({"guidance_image": "image.png"}, "guidance_image must be a PIL image"),
+    "a 4-channel numpy guide": ({"guidance_image": np.zeros((24, 24, 4), np.uint8)}, "must be (h, w), (h, w, 3)"),
+    "an int64 numpy guide": ({"guidance_image": np.zeros((24, 24, 3), np.int64)}, "must be uint8, uint16 or floating"),
+    "a list with a bad image": ({"guidance_image": [_image_with(0.5), "x"]}, "guidance_image[1] must be a PIL image"),
+    "an empty list of guides": ({"guidance_image": []}, "guidance_image must not be an empty list"),
+    "a callback that is not callable": ({"callback_on_step_end": 3}, "callback_on_step_end must be callable"),
+    "a stage callback that is not callable": ({"callback_on_stage_end": "x"}, "callback_on_stage_end must be"),
     "guidance image with a NaN": (
         {"guidance_image": _image_with(float("nan"))}, "guidance_image values",
     ),
     "guidance images for another batch": ({"guidance_image": torch.rand(2, 3, 24, 24)}, "guidance_image holds 2"),
     "stage below the guidance image": (
         {"guidance_image": torch.rand(1, 3, 24, 24), "target_height": [20], "target_width": [48]},
-        "must not be smaller than the base (24, 24)",
+        "must not be smaller than the base (32, 32)",  # the guide is resized to the base size, 32 x 32
     ),
     "stage not a multiple, guidance image": (
         {"guidance_image": torch.rand(1, 3, 24, 24), "target_height": [49], "target_width": [48]},
@@ -298,13 +313,15 @@ def test_an_unknown_keyword_is_refused_before_the_first_unet_call(spied):
     assert counts["unet"] == before + STEPS + 2 * NOISING
 
 
-def test_a_scheduler_other_than_euler_is_refused_before_the_first_unet_call():
-    from diffusers import DDIMScheduler
+def test_a_scheduler_without_betas_is_refused_before_the_first_unet_call():
+    """The stages need an Euler grid built from the scheduler's noise schedule; flow matching has none (other
+    discrete-time schedulers work: test_pipeline_modes.py)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     p = tiny_pipeline()
     counts = spy(p)
-    p.scheduler = DDIMScheduler.from_config(p.scheduler.config)
-    with pytest.raises(ValueError, match="EulerDiscreteScheduler"):
+    p.scheduler = FlowMatchEulerDiscreteScheduler()
+    with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler has none"):
         p(generator=torch.Generator().manual_seed(0), **KW, **prompt_embeds())
     assert counts["unet"] == 0
 
@@ -361,9 +378,9 @@ def test_a_guidance_image_slightly_outside_0_1_is_clamped(spied):
     p, counts = spied
     low = torch.rand(1, 3, 24, 24)
     low[0, 0, 0, 0], low[0, 1, 0, 0] = -5e-4, 1 + 8e-4
-    kw = {**KW, "target_height": [48], "target_width": [48], **prompt_embeds()}
+    kw = {**KW, "height": 24, "width": 24, "target_height": [48], "target_width": [48], **prompt_embeds()}
     before = counts["unet"]
-    out = p(guidance_image=low, generator=torch.Generator().manual_seed(0), **kw)
+    out = p(guidance_image=low, generator=torch.Generator().manual_seed(0), **kw)  # at the base size: not resized
     assert counts["unet"] == before + NOISING
     clamped = p(guidance_image=low.clamp(0, 1), generator=torch.Generator().manual_seed(0), **kw)
     assert torch.equal(out.guidance_images, low.clamp(0, 1)) and torch.equal(out.images, clamped.images)
