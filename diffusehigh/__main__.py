@@ -1,6 +1,6 @@
 from common.cli import main
 
-from . import config, reproduce
+from . import config, generate, reproduce
 
 if __name__ == "__main__":
     raise SystemExit(
@@ -9,6 +9,6 @@ if __name__ == "__main__":
             presets=config.PRESETS,
             run=reproduce.run,
             report=reproduce.report,
-            commands={"train": reproduce.TRAIN_COMMAND},
+            commands={"train": reproduce.TRAIN_COMMAND, "generate": generate.GENERATE_COMMAND},
         )
     )
