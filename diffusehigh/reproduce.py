@@ -8,6 +8,7 @@ then every method at every target size, metrics against natively rendered refere
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -535,52 +536,75 @@ def validate_config(cfg: DiffuseHighConfig) -> None:
             raise error(f"stages.stage_steps / noise_sigma: {cause}") from cause
 
 
+def _phase(ctx: RunContext, name: str, when: bool = True):
+    """``ctx.phase(name)`` when ``when``, else nothing (a phase that only exists under a launcher)."""
+    return ctx.phase(name) if when else contextlib.nullcontext()
+
+
 def run(cfg: DiffuseHighConfig, ctx: RunContext) -> RunRecord:
+    """One preset. Under a launcher (``make reproduce-diffusehigh NPROC=N``, ``common.distributed``) the pixel presets
+    split their seeds across the processes: process 0 gets the base model (committed checkpoint, cache or training),
+    the KID feature net and the references' features and hands them to the others; process r runs seeds r, r + N, ...
+    (one worker each); process 0 gathers every seed's result in seed order and writes the record, which equals the
+    one-process record apart from timings. The SDXL preset splits its prompts (:func:`run_sdxl`)."""
     validate_config(cfg)
     if cfg.model.backbone == "sdxl":
         return run_sdxl(cfg, ctx)
     runtime.seed_everything(cfg.seeds[0])
     dc, mt = cfg.data, cfg.metrics
-    with ctx.phase("base model"):  # the committed checkpoint, the cache, or training it now
-        unet, model_info = train_lib.get_base_model(cfg, ctx.preset, ctx.device, ctx.cache)
-        exp = PixelExperiment(cfg, unet, ctx.device)
+    world, main = distributed.world_size(), distributed.is_main()
     p = plan(cfg)
-    measured = {1.0, *p.main, *p.ablation}  # sizes with the full reference sets and KID
     record = ctx.new_record()
-    sizes = {1.0: exp.res, **{f: exp.size(f)[0] for f in p.factors()}}
+    state = net_state = ref_feats = None
+    if main:  # everything the seeds share, once, in process 0 (which alone writes the cache)
+        with ctx.phase("base model"):  # the committed checkpoint, the cache, or training it now
+            unet, model_info = train_lib.get_base_model(cfg, ctx.preset, ctx.device, ctx.cache)
+            exp = PixelExperiment(cfg, unet, ctx.device)
+        measured = {1.0, *p.main, *p.ablation}  # sizes with the full reference sets and KID
+        sizes = {1.0: exp.res, **{f: exp.size(f)[0] for f in p.factors()}}
 
-    # References rendered natively at every size; a second independent set is measured like the samples (and its
-    # KID to the first is the floor).
-    def reference_count(f: float) -> int:
-        return dc.num_reference_images if f in measured else min(dc.num_reference_images, JUMP_REFERENCE_IMAGES)
+        # References rendered natively at every size; a second independent set is measured like the samples (and its
+        # KID to the first is the floor).
+        def reference_count(f: float) -> int:
+            return dc.num_reference_images if f in measured else min(dc.num_reference_images, JUMP_REFERENCE_IMAGES)
 
-    with ctx.phase("metrics"):
-        refs = {f: data_lib.render_set(dc.num_reference_images, sizes[f], dc, data_lib.reference_seed(dc, sizes[f]))
-                for f in sorted(measured)}  # fmt: skip
-        refs2 = {f: data_lib.render_set(reference_count(f), s, dc, data_lib.reference_seed(dc, s) + 1)
-                 for f, s in sizes.items()}  # fmt: skip
-    net_state = None
-    if mt.kid_feature_steps > 0:
-        # Trained at every measured size (and the crop size): whole-image KID at 128x128 uses the same net.
-        res_list = tuple(sorted({*(sizes[f] for f in measured), min(mt.patch_size, max(sizes[f] for f in measured))}))
-        key = {"data": to_dict(dc), "steps": mt.kid_feature_steps, "res": res_list, "format": 1}
-        with ctx.phase("feature net"):  # KID's features (cached)
-            net_state = ctx.cache.get_or_create(
-                "kid_net", key, lambda: metrics.train_feature_net(dc, mt.kid_feature_steps, res_list)
-            )
-    measure = Measurer(cfg, net_state, None)
-    with ctx.phase("metrics"):
-        ref_feats = {f: measure.features(refs[f], 7) for f in refs} if net_state is not None else None
-        measure.ref_feats = ref_feats or {}
-        real = {f: measure(refs2[f], f, None, 0) for f in sizes}  # (per-image values, KID floor)
+        with ctx.phase("metrics"):
+            n_refs = dc.num_reference_images
+            refs = {f: data_lib.render_set(n_refs, sizes[f], dc, data_lib.reference_seed(dc, sizes[f]))
+                    for f in sorted(measured)}  # fmt: skip
+            refs2 = {f: data_lib.render_set(reference_count(f), s, dc, data_lib.reference_seed(dc, s) + 1)
+                     for f, s in sizes.items()}  # fmt: skip
+        if mt.kid_feature_steps > 0:
+            # Trained at every measured size (and the crop size): whole-image KID at 128x128 uses the same net.
+            res_list = tuple(sorted({*(sizes[f] for f in measured),
+                                     min(mt.patch_size, max(sizes[f] for f in measured))}))  # fmt: skip
+            key = {"data": to_dict(dc), "steps": mt.kid_feature_steps, "res": res_list, "format": 1}
+            with ctx.phase("feature net"):  # KID's features (cached)
+                net_state = ctx.cache.get_or_create(
+                    "kid_net", key, lambda: metrics.train_feature_net(dc, mt.kid_feature_steps, res_list)
+                )
+        measure = Measurer(cfg, net_state, None)
+        with ctx.phase("metrics"):
+            ref_feats = {f: measure.features(refs[f], 7) for f in refs} if net_state is not None else None
+            measure.ref_feats = ref_feats or {}
+            real = {f: measure(refs2[f], f, None, 0) for f in sizes}  # (per-image values, KID floor)
+        state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
+    if world > 1:
+        with ctx.phase("gathering"):  # process 0's model, KID net and reference features, to every process
+            state, net_state, ref_feats = distributed.broadcast_object((state, net_state, ref_feats))
 
-    # Every seed's sampling and metrics, in worker processes (one torch thread each) on CPU.
+    # Every seed's sampling and metrics: in worker processes (one torch thread each) on CPU, or split across the
+    # launched processes (one worker each: each process is one of the machine's workers then).
     seeds = list(cfg.seeds)
-    workers = min(parallel.default_workers(), len(seeds)) if ctx.device.type == "cpu" else 1
-    state = {k: v.detach().cpu() for k, v in unet.state_dict().items()}
+    workers = min(parallel.default_workers(), len(seeds)) if ctx.device.type == "cpu" and world == 1 else 1
     jobs = [(cfg, state, seed, net_state, ref_feats, str(ctx.device), 6 if seed == seeds[0] else 0) for seed in seeds]
+    mine = distributed.shard(range(len(jobs)))
     with ctx.phase("sampling + metrics (workers)"):
-        results: list[SeedResult] = parallel.map_jobs(seed_job, jobs, workers=workers, desc="seeds")
+        done = parallel.map_jobs(seed_job, [jobs[i] for i in mine], workers=workers, desc="seeds")
+    with _phase(ctx, "gathering", world > 1):
+        results: list[SeedResult] = by_index(dict(zip(mine, done, strict=True)))
+    if not main:  # process 0 alone times, judges and writes
+        return record
 
     top = max(p.main)
     timing = None
@@ -923,10 +947,12 @@ def run_sdxl(cfg: DiffuseHighConfig, ctx: RunContext) -> RunRecord:
         with ctx.phase("evaluation"):
             mine = evaluation.reference_features(extractor, files, distributed.shard(range(len(files))),
                                                  progress=runtime.progress)  # fmt: skip
-        with ctx.phase("gathering"):
+        with _phase(ctx, "gathering", distributed.world_size() > 1):
             real = by_index(mine)
-    with ctx.phase("gathering"):
+    with _phase(ctx, "gathering", distributed.world_size() > 1):
         results: list[ImageResult] = by_index(local)
+    if not distributed.is_main():  # process 0 alone computes the metrics and writes
+        return record
 
     acc: dict[tuple[str, str], list[float]] = {}
     for r in results:  # prompt order, whichever process made the image

@@ -320,8 +320,7 @@ def test_paper_preset_plumbing_on_a_tiny_sdxl(tmp_path, monkeypatch):
     assert images == ["prompt000_32.png", "prompt000_48.png", "prompt000_64.png"]
     assert record.claims[0].verdict == "not testable here"
     assert set(record.provenance["phases_s"]) == {"base model", "sampling: DiffuseHigh", "metrics", "saving images",
-                                                  "sampling: baselines", "sampling: direct", "gathering",
-                                                  "other"}  # fmt: skip
+                                                  "sampling: baselines", "sampling: direct", "other"}  # fmt: skip
 
 
 def test_train_command_checks_the_config_before_training(tmp_path, capsys, monkeypatch):
