@@ -31,6 +31,5 @@ COMMANDS = {
 }
 
 if __name__ == "__main__":
-    raise SystemExit(
-        main("masksparsity", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, commands=COMMANDS)
-    )
+    kwargs = {"run": reproduce.run, "report": reproduce.report, "commands": COMMANDS}
+    raise SystemExit(main("masksparsity", presets=config.PRESETS, supports_distributed=True, **kwargs))

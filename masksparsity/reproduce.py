@@ -10,7 +10,11 @@ its own γ (``prune.rule=threshold``). Each pruned model is measured right after
 re-estimated), fine-tuned and measured again (test and validation). FLOPs and params come from ``common``.
 
 Seeds are independent jobs: they run in single-thread worker processes (``common.parallel.map_jobs``), and
-the measured CPU speedups are timed afterwards in this process, with no worker running. The claims are judged
+the measured CPU speedups are timed afterwards in this process, with no worker running. In a data-parallel run
+(``make reproduce-masksparsity NPROC=N``, :mod:`common.distributed`) the seeds run one after the other and every
+training phase, precise BN and evaluation is split over the N processes (:mod:`masksparsity.train`); the masks are
+chosen on process 0 and sent to the others, only process 0 writes cache entries (all load them), times the
+speedups and writes the record. The claims are judged
 from the record by :mod:`masksparsity.claims`.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common import distributed as dist
 from common.cli import RunContext, default_report
 from common.config import to_dict
 from common.counting import count_params, model_cost
@@ -76,14 +82,13 @@ from .method import (
     masksparsity_regularizer,
     prune,
     prune_spec,
-    recalibrate_bn,
     slimming_regularizer,
     threshold_mask,
     uniform_mask,
 )
 from .models import build_model
 from .paper import PAPER_NUMBERS
-from .train import Data, calibration_batches, evaluate, train_phase
+from .train import Data, evaluate, precise_bn, train_phase
 
 __all__ = ["BASELINE", "CONTROL", "DENSE", "DENSE_REF", "MS", "PAPER_TABLE", "PRE_TABLE", "REF_TABLE", "SCRATCH",
            "ns_label", "op_table", "report", "run", "run_seed"]  # fmt: skip
@@ -117,10 +122,26 @@ class SeedContext:
         return self.timer.phase(name)
 
 
+def cached(cache: ArtifactCache, tag: str, key: dict, create):
+    """``cache.get_or_create``; in a data-parallel run process 0 decides whether the entry exists, then every
+    process loads it, or every process takes part in creating it (training is collective) and process 0 saves it."""
+    if dist.world_size() == 1:
+        return cache.get_or_create(tag, key, create)
+    if dist.broadcast_object((tag, key) in cache if dist.is_main() else None):
+        return cache.load(tag, key)
+    value = create()
+    if dist.is_main():
+        cache.save(tag, key, value)
+    dist.barrier()
+    return value
+
+
 class Runner:
     def __init__(self, cfg: MaskSparsityConfig, ctx: SeedContext, data: Data, seed: int):
         self.cfg, self.ctx, self.data, self.seed = cfg, ctx, data, seed
         self.base_key = {"format": TRAIN_FORMAT, "data": to_dict(cfg.data), "model": to_dict(cfg.model), "seed": seed}
+        if cfg.amp:  # bf16 autocast trains other weights (the key of fp32 runs stays as it was)
+            self.base_key["amp"] = True
         self._states: dict[str, dict] = {}
         self.dense_official: OfficialMacs | None = None
         """The baseline's MACs in the official counter's convention (with prune.flops_counter=official)."""
@@ -143,7 +164,7 @@ class Runner:
         name = f"{tag}:{json.dumps(full_key, sort_keys=True, default=str)}"
         with self.ctx.phase(phase):
             if name not in self._states:
-                self._states[name] = self.ctx.cache.get_or_create(tag, full_key, make)
+                self._states[name] = cached(self.ctx.cache, tag, full_key, make)
             model = self.new_model()
             model.load_state_dict(self._states[name])
         return model
@@ -269,6 +290,7 @@ def run_seed(cfg: MaskSparsityConfig, ctx: SeedContext, data: Data, seed: int) -
         uniform = sp.mask_source == "uniform"
         masks = _masks(cfg, base if uniform else slimmed[sp.mask_lambda], spec, cost, uniform)
         own = {lam: _masks(cfg, slimmed[lam], spec, cost, uniform=False) for lam in lambdas}  # NS's own rule
+        masks, own = dist.broadcast_object((masks, own))  # data parallel: process 0's choice on every process
     control = runner.control() if arms_cfg.no_regularization else None
 
     pre_models: dict[str, nn.Module] = {DENSE: base, **{ns_label(lam): slimmed[lam] for lam in lambdas}}
@@ -324,7 +346,8 @@ def _prune_and_finetune(cfg, runner: Runner, spec, mask, model, label, op, dense
     pr, data, phase = cfg.prune, runner.data, runner.ctx.phase
     res: dict[str, float] = {}
     with phase("pruning"):  # incl. BN re-estimation; the accuracy right after pruning is timed as evaluation
-        arm_mask = mask if pr.rule == "mask" else threshold_mask(model, spec, pr.threshold, pr.min_channels)
+        arm_mask = mask if pr.rule == "mask" else dist.broadcast_object(
+            threshold_mask(model, spec, pr.threshold, pr.min_channels))  # fmt: skip
         res["masked_small"] = 100 * gamma_summary(model, spec, arm_mask, pr.threshold)["masked_below_small"]
         raw = prune(model, spec, arm_mask)
         with phase("evaluation"):
@@ -334,8 +357,7 @@ def _prune_and_finetune(cfg, runner: Runner, spec, mask, model, label, op, dense
             with phase("evaluation"):
                 res["fold"] = evaluate(folded, data, "test_quick")[1]
         if pr.bn_recalibration_images:
-            recal = prune(model, spec, arm_mask)
-            recalibrate_bn(recal, calibration_batches(data, pr.bn_recalibration_images, runner.seed + 7))
+            recal = precise_bn(prune(model, spec, arm_mask), data, pr.bn_recalibration_images, runner.seed + 7)
             with phase("evaluation"):
                 res["recal"] = evaluate(recal, data, "test_quick")[1]
     with phase("fine-tuning"):
@@ -401,24 +423,48 @@ def seed_job(cfg: MaskSparsityConfig, seed: int, cache: ArtifactCache, device: s
 # The record
 
 
+def launcher_bf16(device: torch.device) -> bool:
+    """Whether ``accelerate launch --mixed_precision bf16`` (``make ... NPROC=N`` on CUDA) asked for bf16 on CUDA."""
+    return device.type == "cuda" and os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "bf16"
+
+
 def run(cfg: MaskSparsityConfig, ctx: RunContext) -> RunRecord:
+    record = ctx.new_record()
+    world = dist.world_size()
+    if world > 1:
+        batches = {"train": cfg.train.batch_size, "sparsity": cfg.sparsity.schedule.batch_size,
+                   "finetune": cfg.finetune.batch_size}  # fmt: skip
+        record.provenance["data_parallel"] = {
+            "processes": world,
+            "global_batch": batches,
+            "batch_per_process": {k: v // world for k, v in batches.items()},
+            "batch_norm": "global-batch statistics (summed over the processes)",
+        }
+    if launcher_bf16(ctx.device) and not cfg.amp:
+        cfg = dataclasses.replace(cfg, amp=True)
+        record.provenance["bf16_autocast"] = "from the launcher (accelerate --mixed_precision bf16)"
     with ctx.phase("data"):
         data = _data(cfg, ctx.device)
-    record = ctx.new_record()
     seeds = list(cfg.seeds)
-    workers = min(default_workers(), len(seeds)) if ctx.device.type == "cpu" else 1
+    workers = min(default_workers(), len(seeds)) if ctx.device.type == "cpu" and world == 1 else 1
     jobs = [(cfg, seed, ctx.cache, str(ctx.device)) for seed in seeds]
     with ctx.phase("seed runs"):  # in the workers: their own breakdown is summed into seed_phases_s
         done = map_jobs(seed_job, jobs, workers=workers, desc="masksparsity seeds")
     per_seed = [d["results"] for d in done]
     with ctx.phase("timing measurements"):  # here, alone: no worker process runs any more
-        for d, res in zip(done, per_seed, strict=True):
+        speedups: list[dict[str, float]] = []
+        for d in done:
             dense = d["models"].pop("dense").to(ctx.device)
+            speedups.append({})
             for op, tuned in d["models"].items():
-                example = data.example(cfg.prune.latency_batch).normal_()
-                cmp = compare_latency(dense, tuned.to(ctx.device), example,
-                                      rounds=cfg.prune.latency_rounds)  # fmt: skip
-                res["post"][op][MS]["speedup"] = cmp.speedup
+                if dist.is_main():  # one process times; the others wait for its numbers
+                    example = data.example(cfg.prune.latency_batch).normal_()
+                    cmp = compare_latency(dense, tuned.to(ctx.device), example,
+                                          rounds=cfg.prune.latency_rounds)  # fmt: skip
+                    speedups[-1][op] = cmp.speedup
+        for res, sp in zip(per_seed, dist.broadcast_object(speedups), strict=True):
+            for op, value in sp.items():
+                res["post"][op][MS]["speedup"] = value
     worker_phases: dict[str, float] = {}
     for d in done:
         for name, sec in d["phases_s"].items():

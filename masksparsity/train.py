@@ -4,11 +4,23 @@ The sparse penalty enters as in the official trainer: after ``loss.backward()`` 
 the regulariser adds λ·g'(γ) to grad(γ) (``regularizer(epoch_lr)``, with the learning rate at the start of the
 epoch, as the official trainer passes it; only smoothL1/huber use it). SGD's weight decay applies to every parameter,
 BN included (pycls ``BN.USE_CUSTOM_WEIGHT_DECAY: false``).
+
+Data parallel (``make reproduce-masksparsity NPROC=N``; :mod:`common.distributed`): every process holds the whole
+model and takes its share of every global batch (images r, r + N, ... of the batch the one-process run would use,
+so the global batch is ``batch_size`` whatever N is); the model is wrapped in torch's DistributedDataParallel, so
+after ``loss.backward()`` the gradients are averaged over the processes, and the γ sub-gradient is then added on
+every process before its optimizer step (the same on all, since the γ are). BatchNorm normalises each training
+batch with the statistics of the global batch (:func:`global_bn_forward`), and precise BN re-estimates the
+statistics on the global batches, so N processes compute what one process computes with the same global batch,
+to float rounding. Evaluation is split over the processes and its sums are added up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import types
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -17,11 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import data as cdata
-from common.errors import check_finite
+from common import distributed as dist
+from common.errors import UserError, check_finite
 from common.runtime import generator, progress
 
 from .config import DataConfig, Schedule
-from .method import recalibrate_bn
+from .method import all_bns, recalibrate_bn
 
 Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -127,9 +140,21 @@ class Data:
         return len(self.loaders["train"]) if self.loaders else len(self.splits["train"].y)
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled, augmented training batches of ``batch_size`` images (the last partial batch is dropped). In a
+        data-parallel run each process gets its share of every such global batch: images r, r + N, ..."""
+        rank, world = dist.rank(), dist.world_size()
+        if batch_size % world:
+            raise UserError(f"batch size {batch_size} is not divisible by the {world} processes")
         if self.loaders:
-            dl = cdata.loader(self.loaders["train"], batch_size, shuffle=True, seed=seed, drop_last=True,
-                              num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda")  # fmt: skip
+            pin = self.device.type == "cuda"
+            if world == 1:
+                dl = cdata.loader(self.loaders["train"], batch_size, shuffle=True, seed=seed, drop_last=True,
+                                  num_workers=self.cfg.workers, pin_memory=pin)  # fmt: skip
+            else:  # the same global batches as one process (each image's random augmentation is drawn apart)
+                sampler = ShardedBatches(len(self.loaders["train"]), batch_size, seed, rank, world)
+                dl = torch.utils.data.DataLoader(self.loaders["train"], batch_sampler=sampler, pin_memory=pin,
+                                                 num_workers=self.cfg.workers,
+                                                 generator=generator(seed + rank))  # fmt: skip
             for x, y in dl:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             return
@@ -140,21 +165,49 @@ class Data:
             idx = order[start : start + batch_size]
             x = split.x[idx]
             if self.cfg.augment:
-                x = augment(x, g)
-            yield x.to(self.device), split.y[idx].to(self.device)
+                x = augment(x, g)  # the global batch's draws, so every process sees the one-process images
+            y = split.y[idx]
+            if world > 1:
+                x, y = x[rank::world], y[rank::world]
+            yield x.to(self.device), y.to(self.device)
 
     def eval_batches(self, split: str, batch_size: int = 1000) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The split in order, in batches; in a data-parallel run this process's share (images r, r + N, ...)."""
+        rank, world = dist.rank(), dist.world_size()
         if self.loaders:
-            dl = cdata.loader(self.loaders[split], batch_size, num_workers=self.cfg.workers)
+            ds = self.loaders[split]
+            if world > 1:
+                ds = torch.utils.data.Subset(ds, range(rank, len(ds), world))
+            dl = cdata.loader(ds, batch_size, num_workers=self.cfg.workers)
             for x, y in dl:
                 yield x.to(self.device), y.to(self.device)
             return
         s = self.splits[split]
-        for start in range(0, len(s.y), batch_size):
-            yield s.x[start : start + batch_size].to(self.device), s.y[start : start + batch_size].to(self.device)
+        xs, ys = (s.x[rank::world], s.y[rank::world]) if world > 1 else (s.x, s.y)
+        for start in range(0, len(ys), batch_size):
+            yield xs[start : start + batch_size].to(self.device), ys[start : start + batch_size].to(self.device)
 
     def example(self, batch: int = 1) -> torch.Tensor:
         return torch.zeros(batch, self.in_channels, self.image_size, self.image_size, device=self.device)
+
+
+class ShardedBatches(torch.utils.data.Sampler):
+    """Batch sampler of one process's share of the global batches a seeded shuffling DataLoader would draw
+    (``common.data.loader(shuffle=True, seed=seed, drop_last=True)``): the same permutation of the dataset, cut
+    into batches of ``batch_size``, of which this process takes positions ``rank::world``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = generator(self.seed)
+        torch.empty((), dtype=torch.int64).random_(generator=g)  # the loader draws its workers' base seed first
+        order = torch.randperm(self.n, generator=g).tolist()
+        for start in range(0, self.n - self.batch_size + 1, self.batch_size):
+            yield order[start : start + self.batch_size][self.rank :: self.world]
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size
 
 
 def augment(x: torch.Tensor, g: torch.Generator, pad: int = 2) -> torch.Tensor:
@@ -193,6 +246,80 @@ def lr_at(schedule: Schedule, epoch_float: float) -> float:
     return schedule.lr * schedule.lr_decay ** sum(epoch_float >= s for s in schedule.lr_steps if s > 0)
 
 
+def _sum_over_processes(t: torch.Tensor) -> torch.Tensor:
+    """Σ over the processes of ``t``, differentiable (the gradient of each process's share flows back to it)."""
+    if dist.world_size() == 1:
+        return t
+    from torch.distributed.nn.functional import all_reduce
+
+    with warnings.catch_warnings():  # deprecated for the functional collectives, whose autograd is not public yet
+        warnings.simplefilter("ignore", FutureWarning)
+        return all_reduce(t)
+
+
+def global_bn_forward(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``bn(x)`` where, in training mode, the batch statistics are those of the global batch: every process's share
+    summed (two passes: the mean, then the centred squares), in at least float32; the gradient flows through the sums to
+    every share, and the running statistics are updated as torch's BatchNorm does (unbiased variance, ``momentum``
+    or, with ``momentum=None``, the cumulative average precise BN uses). In one process it computes what
+    ``nn.BatchNorm2d`` computes, to float rounding (tested); in eval mode it is ``nn.BatchNorm2d``'s forward."""
+    if not bn.training:
+        return nn.BatchNorm2d.forward(bn, x)
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 under autocast: statistics in float32
+    local = xf.new_tensor([xf.numel() // xf.shape[1]])  # values per channel in this share
+    sums = _sum_over_processes(torch.cat([xf.sum((0, 2, 3)), local]))  # one reduction for the sums and the count
+    n = float(sums[-1].detach())
+    mean = sums[:-1] / n
+    centred = xf - mean[None, :, None, None]
+    var = _sum_over_processes((centred * centred).sum((0, 2, 3))) / n
+    y = centred * torch.rsqrt(var + bn.eps)[None, :, None, None]
+    if bn.affine:
+        y = y * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            bn.running_mean.mul_(1 - factor).add_(mean.detach().to(bn.running_mean.dtype), alpha=factor)
+            unbiased = var.detach() * (n / max(n - 1, 1.0))
+            bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
+    return y.to(x.dtype)
+
+
+@contextlib.contextmanager
+def global_batch_norm(model: nn.Module, force: bool = False):
+    """Inside, every BatchNorm2d of ``model`` runs :func:`global_bn_forward` (only in a data-parallel run, or with
+    ``force``); the modules and their state dicts stay plain BatchNorm2d."""
+    installed = []
+    if dist.world_size() > 1 or force:
+        for bn in all_bns(model):
+            if "forward" not in vars(bn):
+                bn.forward = types.MethodType(global_bn_forward, bn)
+                installed.append(bn)
+    try:
+        yield model
+    finally:
+        for bn in installed:
+            del bn.forward
+
+
+def precise_bn(model: nn.Module, data: Data, n_images: int, seed: int) -> nn.Module:
+    """Re-estimate BN statistics on about ``n_images`` augmented training images (pycls precise BN; in a
+    data-parallel run on the global batches, so every process ends with the same statistics)."""
+    with global_batch_norm(model):
+        return recalibrate_bn(model, calibration_batches(data, n_images, seed))
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """torch's DistributedDataParallel around ``model`` in a data-parallel run (gradients averaged in backward);
+    ``model`` itself otherwise. Buffers are not broadcast: global BN keeps them equal on every process."""
+    if dist.world_size() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)  # fmt: skip
+
+
 def train_phase(
     model: nn.Module,
     data: Data,
@@ -204,50 +331,56 @@ def train_phase(
     where: str | None = None,
 ) -> nn.Module:
     """SGD (Nesterov) over ``schedule``; ``regularizer(epoch_lr)`` adds the γ sub-gradient before each step (the
-    learning rate at the start of the epoch, which the official smoothL1 threshold uses; L1/L2 ignore it).
+    learning rate at the start of the epoch, which the official smoothL1 threshold uses; L1/L2 ignore it). In a
+    data-parallel run the sub-gradient is added after the gradients are averaged over the processes.
 
     A NaN or infinite loss raises :class:`common.errors.TrainingDivergedError` naming ``where`` (default:
-    ``desc``) and the step.
+    ``desc``) and the step (on every process: the loss checked is the global batch's).
     """
     model.to(data.device).train()
+    net = _data_parallel(model, data.device)
     opt = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=schedule.momentum,
                           nesterov=schedule.nesterov and schedule.momentum > 0,
                           weight_decay=schedule.weight_decay)  # fmt: skip
     steps = max(data.n_train() // schedule.batch_size, 1)
     use_amp = amp and data.device.type == "cuda"
-    for epoch in progress(range(schedule.epochs), desc=desc, leave=False):
-        epoch_lr = lr_at(schedule, epoch)
-        for i, (x, y) in enumerate(data.train_batches(schedule.batch_size, seed * 100_003 + epoch)):
-            lr = lr_at(schedule, epoch + i / steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = F.cross_entropy(model(x), y)
-            check_finite(loss, step=epoch * steps + i, where=where or desc)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if regularizer is not None:
-                regularizer(epoch_lr)
-            opt.step()
-        if schedule.precise_bn_images:
-            recalibrate_bn(model, calibration_batches(data, schedule.precise_bn_images, seed + epoch))
-            model.train()
+    with global_batch_norm(model):
+        for epoch in progress(range(schedule.epochs), desc=desc, leave=False):
+            epoch_lr = lr_at(schedule, epoch)
+            for i, (x, y) in enumerate(data.train_batches(schedule.batch_size, seed * 100_003 + epoch)):
+                lr = lr_at(schedule, epoch + i / steps)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = F.cross_entropy(net(x), y)
+                check_finite(loss if net is model else dist.all_reduce(loss.detach().float(), op="mean"),
+                             step=epoch * steps + i, where=where or desc)  # fmt: skip
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # data parallel: the gradients are averaged over the processes here
+                if regularizer is not None:
+                    regularizer(epoch_lr)
+                opt.step()
+            if schedule.precise_bn_images:
+                recalibrate_bn(model, calibration_batches(data, schedule.precise_bn_images, seed + epoch))
+                model.train()
     return model
 
 
 def calibration_batches(data: Data, n_images: int, seed: int, batch_size: int = 128) -> Iterator[torch.Tensor]:
-    """About ``n_images`` augmented training images, in batches (for BN re-estimation)."""
+    """About ``n_images`` augmented training images, in batches (for BN re-estimation); in a data-parallel run
+    this process's share of each (global) batch."""
     seen = 0
     for x, _ in data.train_batches(batch_size, seed):
         if seen >= n_images:
             return
         yield x
-        seen += len(x)
+        seen += batch_size
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Data, split: str = "test") -> tuple[float, float]:
-    """(mean cross-entropy, accuracy in %) on a split, in inference mode with large batches."""
+    """(mean cross-entropy, accuracy in %) on a split, in inference mode with large batches (in a data-parallel run
+    split over the processes, the same on every process)."""
     was_training = model.training
     model.eval()
     loss, correct, n = 0.0, 0, 0
@@ -257,4 +390,7 @@ def evaluate(model: nn.Module, data: Data, split: str = "test") -> tuple[float, 
         correct += int((logits.argmax(1) == y).sum())
         n += len(y)
     model.train(was_training)
+    if dist.world_size() > 1:  # each process evaluated its share: add the sums up
+        sums = torch.tensor([loss, correct, n], dtype=torch.float64, device=data.device)
+        loss, correct, n = dist.all_reduce(sums).tolist()
     return loss / n, 100.0 * correct / n
