@@ -141,7 +141,7 @@ def test_committed_mini_checkpoint_matches_the_mini_config():
         "retrain: python -m diffusehigh train --preset mini"
     )
     assert meta["sha256"] == train_lib.sha256_file(weights) and weights.stat().st_size <= 5 * 2**20
-    assert meta["command"] == "python -m diffusehigh train --preset mini"
+    assert "python -m diffusehigh train --preset mini" in meta["command"]  # how to train the same weights again
 
 
 def test_presets():
