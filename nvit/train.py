@@ -306,11 +306,12 @@ def sync_gradients(model: nn.Module) -> None:
         offset += n
 
 
-def global_mean(value: float) -> float:
-    """The mean of a per-process number (e.g. a loss) over the processes; itself in one process."""
+def global_mean(value: float, device: torch.device | str = "cpu") -> float:
+    """The mean of a per-process number (e.g. a loss) over the processes; itself in one process. ``device``: where
+    the collective runs (the processes' device: NCCL reduces CUDA tensors only)."""
     if distributed.world_size() == 1:
         return value
-    return float(distributed.all_reduce(torch.tensor([value], dtype=torch.float64), op="mean")[0])
+    return float(distributed.all_reduce(torch.tensor([value], dtype=torch.float64, device=device), op="mean")[0])
 
 
 def backward_accumulated(
@@ -332,7 +333,7 @@ def backward_accumulated(
         scaled.backward()
         total += float(scaled.detach())
     sync_gradients(model)
-    return global_mean(total)
+    return global_mean(total, x.device)
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -471,6 +472,6 @@ def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, batch_siz
         n += len(y)
     if world > 1:
         with torch.inference_mode(False):
-            totals = distributed.all_reduce(torch.tensor([correct, loss, n], dtype=torch.float64))
+            totals = distributed.all_reduce(torch.tensor([correct, loss, n], dtype=torch.float64, device=device))
         correct, loss, n = int(totals[0]), float(totals[1]), int(totals[2])
     return {"top1": 100.0 * correct / n, "loss": loss / n}
