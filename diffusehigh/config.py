@@ -305,9 +305,9 @@ def smoke() -> DiffuseHighConfig:
 def mini() -> DiffuseHighConfig:
     """The default: a pixel UNet trained at 32x32 on textured disks, taken to 2x, 4x and 8x by DiffuseHigh.
 
-    Command: ``make reproduce-diffusehigh``. Hardware: 2-core CPU. Time: **55.5 min measured** from an empty cache (3,331 s,
-    commit d9d036c, AMD EPYC, other jobs niced): training the 0.64M-parameter UNet for 5,000 steps took 41.2 min
-    (2 torch threads; estimated 15), sampling and metrics of the two seeds in two worker processes 12.9 min
+    Command: ``make reproduce-diffusehigh``. Hardware: 2-core CPU. Time: **55.5 min measured** from an empty cache
+    (3,331 s, commit d9d036c, AMD EPYC, other jobs niced): training the 0.64M-parameter UNet for 5,000 steps took
+    41.2 min (2 torch threads; estimated 15), sampling and metrics of the two seeds in two worker processes 12.9 min
     (estimated 6.5). Over the budget of issue 17 (30 min with training, 10 without). The checkpoint that run
     trained is committed (checkpoints/mini_unet.safetensors), so a fresh clone skips the training;
     ``python -m diffusehigh train --preset mini`` trains the same weights.

@@ -39,7 +39,8 @@ def test_compare_matches_claims_by_id_and_summarises():
     assert rows["C2"].status == replication.MOVED and rows["C2"].replica_verdict == NOT_REPRODUCED
     assert rows["C3"].status == replication.CHANGED and rows["C3"].replica_verdict == ""
     text = replication.summary(list(rows.values()))
-    assert text.startswith("1 of 4 claims kept their verdict") and "moved between reproduced and not reproduced (C2)" in text
+    assert text.startswith("1 of 4 claims kept their verdict")
+    assert "moved between reproduced and not reproduced (C2)" in text
 
 
 def test_cli_writes_the_report_and_check_fails_only_on_a_move(tmp_path: Path, capsys):
