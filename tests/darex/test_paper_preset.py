@@ -30,6 +30,7 @@ def _write(path, n, seed, regression=False):
                 writer.writerow([text, label])
 
 
+@pytest.mark.e2e  # a whole preset run (~40 s each): the second kernel pass of `make test` skips it
 @pytest.mark.parametrize("task", ["sst2", "stsb"])
 def test_paper_preset_on_tiny_files(tmp_path, task):
     regression = task == "stsb"
