@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from common.cli import main
@@ -40,3 +43,13 @@ def assert_claim_ids_stable(record: RunRecord) -> None:
         f"{record.paper}: claim ids of a fresh {record.preset} run {ids} differ from the committed record's; "
         "ids are stable names: keep them, or re-run the preset and commit its record"
     )
+
+
+def launch_two(module_args: list[str], env_extra: dict | None = None, timeout: int = 900):
+    """``python -m common.launch --nproc 2 -m <module_args>`` on the CPU (gloo, one thread per process); fails the
+    test with the processes' stderr when the launch does not exit 0. Returns the completed process."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    cmd = [sys.executable, "-m", "common.launch", "--nproc", "2", "-m", *module_args]
+    out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out

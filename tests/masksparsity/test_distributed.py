@@ -26,14 +26,7 @@ from common.runtime import REPO_ROOT
 from masksparsity import claims, config
 from masksparsity.train import Data, ShardedBatches, global_batch_norm, global_bn_forward
 from tests.masksparsity import ddp_probe
-
-
-def launch(module_args: list[str], env_extra: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    cmd = [sys.executable, "-m", "common.launch", "--nproc", "2", "-m", *module_args]
-    out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return out
+from tests.smoke import launch_two as launch
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
