@@ -429,12 +429,12 @@ def _stage_names(prefix: str = "stages.", **overrides: str) -> dict[str, str]:
 
 
 def _check_evaluation_paths(cfg: DiffuseHighConfig) -> None:
-    """The paper preset's metric networks and references: the [eval] extra installed, every path there."""
+    """The paper preset's metric networks and references: every path there (the [eval] extra is checked after every
+    setting, so that a wrong path or value is named on a machine that lacks the extra too)."""
     if cfg.reference_images_path and not cfg.inception_path:
         raise ConfigError("reference_images_path needs inception_path: FID and KID compare Inception features")
     if not (cfg.inception_path or cfg.clip_path):
         return
-    evaluation.require_extra()
     if cfg.inception_path:
         evaluation.inception_weights_file(cfg.inception_path)
     if cfg.clip_path:
@@ -516,6 +516,8 @@ def validate_config(cfg: DiffuseHighConfig) -> None:
                 f"stages.stage_steps ({s.stage_steps}: the last steps of the Euler grid, released noising_steps) "
                 f"must be <= model.num_inference_steps ({m.num_inference_steps})"
             )
+        if cfg.inception_path or cfg.clip_path:  # after every setting: a wrong value is named without the extra too
+            evaluation.require_extra()
         return
     if cfg.data.renderer != "textured_disk":
         raise error("data.renderer must be 'textured_disk' for the pixel_unet backbone (its training data)")
