@@ -54,4 +54,8 @@ def test_cli_writes_the_report_and_check_fails_only_on_a_move(tmp_path: Path, ca
     assert (tmp_path / "nvit" / "mini" / "replica" / replication.REPORT_FILE).exists()
     write_record(_record([4, 5, 6, 7], {"C1": 1.0, "C2": -1.0}), tmp_path / "nvit" / "mini" / "replica")
     assert replication.main(args) == 1
-    assert "1 moved" in overview.render(tmp_path)  # the overview's replication section reads the replica too
+    page = overview.render(tmp_path)
+    assert "1 moved" in page  # the overview's replication section reads the replica too
+    # and the claims table, which users cite, says beside the verdict that the re-run disagrees
+    assert f"**{REPRODUCED}** (re-run with other seeds: {NOT_REPRODUCED}; moved)" in page
+    assert "**reproduced** (re-run" not in page.split("C2")[0]  # C1 kept its verdict: nothing added
