@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -97,15 +98,47 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def describe() -> dict[str, Any]:
-    """What a record's provenance says about the process group."""
+def _accelerators_used(run_device: torch.device | str | None) -> set[str]:
+    """This process's accelerator devices, as ``"cuda:0"``: its run device (unless ``cpu``) and every CUDA device
+    on which its caching allocator holds or held memory (a model spread over GPUs with ``device_map``)."""
+    used: set[str] = set()
+    if run_device is not None and torch.device(run_device).type != "cpu":
+        d = torch.device(run_device)
+        index = d.index if d.index is not None else (torch.cuda.current_device() if d.type == "cuda" else 0)
+        used.add(f"{d.type}:{index}")
+    if torch.cuda.is_initialized():  # never initialises CUDA itself
+        for i in range(torch.cuda.device_count()):
+            if torch.cuda.memory_reserved(i) > 0 or torch.cuda.max_memory_reserved(i) > 0:
+                used.add(f"cuda:{i}")
+    return used
+
+
+def describe(device: torch.device | str | None = None) -> dict[str, Any]:
+    """What a record's provenance says about the process group and the devices it ran on.
+
+    ``world_size``: the number of processes. ``num_devices``: the number of distinct accelerator devices used by
+    all processes together (per machine and device index, so 2 nodes of 8 GPUs give 16); 0 when every process ran
+    on the CPU, where ``world_size`` is the number of CPU processes. ``device_type``: ``cuda`` (also ROCm), another
+    accelerator's type, or ``cpu``. A process's devices are its run device (the launcher's under a launcher, else
+    ``device`` when given) and the CUDA devices its allocator used. Under a launcher this is a collective: call it
+    on every rank.
+    """
     if world_size() == 1:
-        return {"world_size": 1}
-    return {
-        "world_size": world_size(),
-        "backend": str(state().backend),
-        "distributed_type": str(state().distributed_type),
-    }
+        used = _accelerators_used(device)
+        out: dict[str, Any] = {"world_size": 1}
+    else:
+        run_device = state().device if device is None else device
+        mine = [f"{socket.gethostname()}/{d}" for d in sorted(_accelerators_used(run_device))]
+        used = {d for theirs in gather_objects(mine) for d in theirs}  # the same GPU named twice counts once
+        out = {
+            "world_size": world_size(),
+            "backend": str(state().backend),
+            "distributed_type": str(state().distributed_type),
+        }
+    types = sorted({d.rsplit("/", 1)[-1].split(":")[0] for d in used})
+    out["num_devices"] = len(used)
+    out["device_type"] = ",".join(types) if types else "cpu"
+    return out
 
 
 def _selftest() -> None:
@@ -119,6 +152,7 @@ def _selftest() -> None:
         "gathered": gather_objects({"rank": rank()}),
         "shard": shard(list(range(7))),
         "broadcast": broadcast_object(f"from rank {rank()}"),
+        "describe": describe(),
     }
     barrier()
     # one write(2) per rank: the ranks share the pipe, and a print may split text and newline into two writes

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ def test_one_process_is_a_no_op():
     x = torch.tensor([1.0, 2.0], dtype=torch.float64)
     assert torch.equal(dist.all_reduce(x, op="mean"), x) and dist.all_reduce(x) is not x
     assert dist.gather_objects({"a": 1}) == [{"a": 1}] and dist.broadcast_object(3) == 3
-    assert dist.shard([5, 6, 7]) == [5, 6, 7] and dist.describe() == {"world_size": 1}
+    assert dist.shard([5, 6, 7]) == [5, 6, 7] and dist.describe()["world_size"] == 1
     with pytest.raises(ValueError, match="op must be"):
         dist.all_reduce(x, op="max")
 
@@ -58,6 +59,35 @@ def test_two_cpu_processes_reduce_gather_and_shard():
         assert r["sum"] == [1.0, 3.0, 5.0, 7.0] and r["mean"] == [0.5, 1.5, 2.5, 3.5]
         assert r["gathered"] == [{"rank": 0}, {"rank": 1}] and r["broadcast"] == "from rank 0"
     assert ranks[0]["shard"] == [0, 2, 4, 6] and ranks[1]["shard"] == [1, 3, 5]
+    for r in ranks:  # two gloo processes on the CPU: no accelerator
+        assert r["describe"]["world_size"] == 2 and "gloo" in r["describe"]["backend"].lower()
+        assert r["describe"]["num_devices"] == 0 and r["describe"]["device_type"] == "cpu"
+
+
+def test_describe_counts_distinct_devices_across_processes(monkeypatch):
+    """``num_devices`` counts each (machine, device) once; the keys of before keep their values."""
+    monkeypatch.setattr(dist, "_accelerators_used", lambda device: set())
+    assert dist.describe() == {"world_size": 1, "num_devices": 0, "device_type": "cpu"}
+    monkeypatch.setattr(dist, "_accelerators_used", lambda device: {"cuda:0", "cuda:1"})  # device_map over 2 GPUs
+    assert dist.describe() == {"world_size": 1, "num_devices": 2, "device_type": "cuda"}
+
+    state = SimpleNamespace(backend="nccl", distributed_type="MULTI_GPU", device=torch.device("cuda", 0))
+    monkeypatch.setattr(dist, "state", lambda: state)
+    monkeypatch.setattr(dist, "world_size", lambda: 4)
+    ranks = {"n1": [["n1/cuda:0"], ["n1/cuda:1"]], "n2": [["n2/cuda:0"], ["n2/cuda:1"]]}
+    monkeypatch.setattr(dist, "gather_objects", lambda mine: ranks["n1"] + ranks["n2"])  # 2 nodes of 2 GPUs
+    out = dist.describe()
+    assert out == {"world_size": 4, "backend": "nccl", "distributed_type": "MULTI_GPU", "num_devices": 4,
+                   "device_type": "cuda"}  # fmt: skip
+    monkeypatch.setattr(dist, "gather_objects", lambda mine: [["n1/cuda:0"], ["n1/cuda:0"], [], []])  # shared GPU
+    assert dist.describe()["num_devices"] == 1
+    monkeypatch.setattr(dist, "gather_objects", lambda mine: [[], [], [], []])  # gloo CPU processes
+    assert dist.describe()["num_devices"] == 0 and dist.describe()["device_type"] == "cpu"
+
+
+def test_a_run_device_counts_as_used():
+    assert dist._accelerators_used(None) == dist._accelerators_used("cpu")
+    assert "meta:0" in dist._accelerators_used(torch.device("meta"))
 
 
 @dataclass(frozen=True)
