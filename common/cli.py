@@ -396,7 +396,7 @@ def _dispatch(
     record.provenance["wall_time_s"] = round(wall, 2)
     if ctx.timer.seconds:
         record.provenance["phases_s"] = ctx.timer.breakdown(total_s=wall)
-    record.provenance.update(distributed.describe())
+    record.provenance.update(distributed.describe(device))
     if not distributed.is_main():  # only rank 0 writes records, tables, figures and the README
         return 0
     write_json_atomic(out_dir / RECORD_FILE, record.to_json())
