@@ -1,9 +1,10 @@
 """The presets split across processes (``make reproduce-diffusehigh NPROC=N``, common.distributed): the record of N
 processes equals the one-process record apart from timings and provenance, and the images are the same.
 
-The pixel presets split their seeds; the paper preset splits its prompts. The smoke preset is launched for real in two
-CPU processes (gloo, via common.launch; slow). The paper preset's split is checked in this process on the tiny SDXL by
-playing both ranks in turn, with the collectives replaced by what two processes would exchange.
+The pixel presets split their seeds; the paper preset splits its prompts. A cut-down smoke run (two seeds, two images
+each, four sampler steps) is launched for real in two CPU processes (gloo, the command common.launch runs) in
+`make test`; the whole smoke preset the same way is slow. The paper preset's split is checked in this process on the
+tiny SDXL by playing both ranks in turn, with the collectives replaced by what two processes would exchange.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import pytest
 
 from common import distributed
+from common.launch import build_command
 from common.results import load_record
 from common.runtime import REPO_ROOT
 from diffusehigh import config, evaluation, reproduce
@@ -59,6 +61,46 @@ def test_smoke_in_two_launched_processes_equals_one_process(tmp_path, monkeypatc
     assert [c.id for c in one.claims] == [c.id for c in two.claims]
     grid = reproduce.GRID_FILE
     assert (tmp_path / "one" / "diffusehigh" / "smoke" / grid).read_bytes() == (two_dir / grid).read_bytes()
+
+
+TINY = ["seeds=(0, 1)", "num_samples=2", "model.num_inference_steps=4", "stages.stage_steps=2", "stages.dwt_steps=1",
+        "train.steps=4", "train.warmup_steps=1", "data.num_train_images=16", "data.num_reference_images=4",
+        "metrics.kid_feature_steps=2", "metrics.timing_repeats=1", "ablation.sharpening_alpha=(0.0,)",
+        "ablation.jump_factors=()", "ablation.direct_samples=1"]  # fmt: skip
+"""Smoke cut down to what the split touches: one seed per process, each with its base samples, DiffuseHigh, the
+SDEdit, bicubic and direct baselines, one ablation row, their per-image metrics and KID (a 2-step feature net)."""
+
+
+@pytest.mark.timeout(900)  # ~25 s of 2 idle cores, mostly imports in 3 processes; minutes niced beside other jobs
+def test_tiny_smoke_in_two_launched_processes_equals_one_process(tmp_path, monkeypatch):
+    """Process 0 loads the base model and the KID net (trained by the one-process run, from the shared cache) and
+    hands them and the references' features to process 1; each samples one seed; process 0 gathers them in seed
+    order. The record equals the one-process record (every measurement but the timings, per-image values, claims
+    but the timed C6) and the sample grid is byte-identical. Needs no [eval] extra."""
+    sets = [a for s in TINY for a in ("--set", s)]
+    monkeypatch.setenv("PRUNE_REPRO_WORKERS", "1")  # both seeds in this process, as the ranks run theirs
+    monkeypatch.setenv("PRUNE_REPRO_CACHE", str(tmp_path / "cache"))
+    one_dir = run_smoke("diffusehigh", tmp_path / "one", "--threads", "1", *sets)
+    # What `python -m common.launch --nproc 2 -m diffusehigh ...` runs on a machine without CUDA (torch's launcher,
+    # gloo), without the process of common.launch itself (one torch import less: seconds on this test's clock).
+    args = ["-m", "diffusehigh", "reproduce", "--preset", "smoke", "--no-readme", "--threads", "1",
+            "--results-dir", str(tmp_path / "two"), *sets]  # fmt: skip
+    cmd, launch_env = build_command(2, args, cuda_devices=0, mixed_precision="no")
+    env = {**os.environ, **launch_env, "OMP_NUM_THREADS": "1"}  # with this test's cache: the base model, the KID net
+    out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=800)
+    assert out.returncode == 0, out.stderr[-4000:]
+    two_dir = tmp_path / "two" / "diffusehigh" / "smoke"
+    one, two = load_record(one_dir), load_record(two_dir)
+    assert two.provenance["world_size"] == 2 and one.provenance["world_size"] == 1
+    assert two.extra["workers"] == one.extra["workers"] == 1
+    assert measured(one) == measured(two) and any(m[2].startswith("KID") for m in measured(two))
+    assert one.extra["per_image"] and one.extra["per_image"] == two.extra["per_image"]
+    for key in ("reference", "jump", "quality_gate", "sizes", "grid_rows"):
+        assert one.extra.get(key) == two.extra.get(key), key
+    assert [dataclasses.asdict(c) for c in one.claims[:-1]] == [dataclasses.asdict(c) for c in two.claims[:-1]]
+    assert [c.id for c in one.claims] == [c.id for c in two.claims]
+    grid = reproduce.GRID_FILE
+    assert (one_dir / grid).read_bytes() == (two_dir / grid).read_bytes()
 
 
 class TwoRanks:
