@@ -73,10 +73,13 @@ def test_unimplemented_run_says_so_and_fails(tmp_results, capsys):
     assert not (tmp_results / "darex").exists(), "nothing is recorded for a run that did not happen"
 
 
-@pytest.mark.parametrize("paper", PAPERS)
-def test_module_entry_point(paper):
-    """`python -m <paper>` is wired to the shared CLI (a real subprocess, as a user runs it)."""
-    out = subprocess.run([sys.executable, "-m", paper, "presets", "smoke"], capture_output=True, text=True,
-                         cwd=REPO_ROOT, timeout=120)  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    assert "config hash:" in out.stdout and "seeds" in out.stdout
+def test_module_entry_points():
+    """`python -m <paper>` of every paper is wired to the shared CLI (real subprocesses, as a user runs them; all
+    started at once, since each spends its seconds importing torch and the paper's libraries)."""
+    procs = {paper: subprocess.Popen([sys.executable, "-m", paper, "presets", "smoke"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+             for paper in PAPERS}  # fmt: skip
+    for paper, proc in procs.items():
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, (paper, err)
+        assert "config hash:" in out and "seeds" in out, (paper, out)
