@@ -69,7 +69,8 @@ def _commit_date(record: RunRecord) -> str:
     return f"`{commit}`, {str(p.get('started_at', ''))[:10]}"
 
 
-def _claims_rows(results_dir: Path) -> list[tuple]:
+def _claims_rows(results_dir: Path) -> list[tuple[tuple, str, bool]]:
+    """(table row, plain verdict, whether the re-run with other seeds disagrees) for every claim of every record."""
     rows = []
     for paper in PAPERS:
         card = f"../{paper.package}/README.md"  # the page lives in results/, next to the paper folders
@@ -79,12 +80,14 @@ def _claims_rows(results_dir: Path) -> list[tuple]:
             for i, c in enumerate(record.claims):
                 name = claim_name(paper.package, record, i)
                 target = f"{card}#{claim_anchor(f'{paper.package}-{record.preset}', c.id)}" if c.id else str(card)
-                verdict = f"**{c.verdict}**"
+                cell = f"**{c.verdict}**"
                 r = again.get(c.id)
-                if r is not None and r.status != replication.SAME:  # what a reader citing the verdict must know
-                    verdict += f" (re-run with other seeds: {r.replica_verdict}; {r.status})"
-                rows.append((f"[{name}]({target})", _one_line(c.claim), record.preset, verdict,
-                             c.effect or "–", "–" if c.n is None else c.n, _commit_date(record)))  # fmt: skip
+                disagrees = r is not None and r.status != replication.SAME
+                if disagrees:  # what a reader citing the verdict must know
+                    cell += f" (re-run with other seeds: {r.replica_verdict}; {r.status})"
+                row = (f"[{name}]({target})", _one_line(c.claim), record.preset, cell, c.effect or "–",
+                       "–" if c.n is None else c.n, _commit_date(record))  # fmt: skip
+                rows.append((row, c.verdict, disagrees))
     return rows
 
 
@@ -127,12 +130,12 @@ def _replication_section(results_dir: Path) -> str:
 def render(results_dir: Path | None = None) -> str:
     results_dir = results_dir or results_root()
     counts: dict[str, int] = {}
-    rows = _claims_rows(results_dir)
-    for row in rows:
-        verdict = row[3].split("**")[1]  # "**verdict**" and perhaps a note on the re-run
+    claims = _claims_rows(results_dir)
+    rows = [row for row, _, _ in claims]
+    for _, verdict, _ in claims:
         counts[verdict] = counts.get(verdict, 0) + 1
     summary = ", ".join(f"{v}: {n}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    disagree = sum("(re-run with other seeds" in row[3] for row in rows)
+    disagree = sum(disagrees for _, _, disagrees in claims)
     if disagree:
         summary += f"; {disagree} of them with another verdict when re-run with other seeds (noted beside the verdict)"
     parts = [

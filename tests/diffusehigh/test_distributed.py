@@ -114,7 +114,7 @@ class TwoRanks:
         monkeypatch.setattr(distributed, "world_size", lambda: 2)
         monkeypatch.setattr(distributed, "rank", lambda: self.rank)
         monkeypatch.setattr(distributed, "device", lambda: __import__("torch").device("cpu"))
-        monkeypatch.setattr(distributed, "describe", lambda: {"world_size": 2})
+        monkeypatch.setattr(distributed, "describe", lambda device=None: {"world_size": 2})
         monkeypatch.setattr(distributed, "gather_objects", self.gather)
 
     def gather(self, obj):
