@@ -6,9 +6,13 @@ verdict can be re-derived from ``record.json`` and the rules can be tested on ha
 decision margin, a precondition checked with its measured value, and the same claim judged on two disjoint
 halves of the replication units.
 
-**Replication unit: the random mask.** The pruning claims are about what a random drop does to one fine-tuned
-model, so the independent runs are the masks (8 in ``mini``; ids ``1000 · seed + m``), split in halves A (the
-first half in config order) and B (the rest). Deterministic quantities (the unpruned model, magnitude, WANDA)
+**Replication unit: the random mask, or the fine-tune.** With one fine-tuning seed the independent runs are the
+masks (ids ``1000 · seed + m``), split in halves A (the first half in config order) and B (the rest): the claim is
+then about what a random drop does to that one fine-tuned model. With several seeds (``mini``'s collapse regime:
+4, each a new task, pre-trained model and set of fine-tunes) the unit is the seed, each seed's masks averaged, so
+the interval holds how much an effect varies from one fine-tune to the next (on one seed, the large-delta claim
+came out not reproduced, on another reproduced, each with a tight interval over its masks); two fine-tunes of a
+seed are compared paired by seed. Deterministic quantities (the unpruned model, magnitude, WANDA)
 enter every mask's difference as constants. In the collapse regime q is chosen for every mask on its own, so
 each mask replicates the whole procedure; in the real regime q is chosen once per model and rate (on 1,000
 validation sentences, with a search mask that is not scored) and the interval is over masks given that q.
@@ -16,7 +20,7 @@ validation sentences, with a search mask that is not scored) and the interval is
 **Margins** (in points of the task metric: accuracy in %, or the metric × 100):
 
 * :data:`COLLAPSE_MARGIN` = 5 points: the precondition of the recovery claims. DARE at p = 0.99 must lose more
-  than 5 points (the whole 95% interval over masks) against its unpruned model, else there is nothing to
+  than 5 points (the whole 95% interval over the units) against its unpruned model, else there is nothing to
   recover and the claim is *not testable here*, not refuted. The paper's collapses are tens of points.
 * :data:`MIN_EFFECT` = 1 point: the smallest gain (recovery, an importance method over DARE, a larger loss, an
   AdamR-L2 improvement) we count as the effect the paper describes; below it a user would not choose a method
@@ -35,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.results import Measurement, RunRecord, format_mean_std
-from common.stats import Judgement, Precondition, Test, difference, mean_ci, paired_difference, replicate
+from common.stats import Effect, Judgement, Precondition, Test, difference, mean_ci, paired_difference, replicate
 
 from .regimes import (
     DROPPED,
@@ -71,15 +75,16 @@ DELTAS_MATTER = 2.0
 UNIT = "points"
 
 MARGINS_MARKDOWN = f"""\
-**DAREx's decision margins** (`darex/claims.py`; points of the task metric). The replication unit of every
-pruning claim is the random mask (halves A / B = the first / second half of the masks); the precondition is
-measured over all masks. *Precondition of the recovery claims (C1, C2, C5)*: DARE at the extreme rate loses more
-than {COLLAPSE_MARGIN:g} points against the unpruned fine-tune (whole 95% interval), else there is nothing to
-recover and they are *not testable here*. *C3* needs the same of DARE on the large-delta fine-tune at the
-moderate rate, *C4* a large-delta fine-tune whose deltas are ≥ {LARGER_DELTAS:g}× as spread (std), and deltas that
-carry the task (unpruned > all deltas dropped + {DELTAS_MATTER:g} points). *Margins*:
-a gain must exceed {MIN_EFFECT:g} point (C1, C3, C4, C5: the smallest difference that would make a user choose
-one method over another); the label-free q may trail the labelled one by less than {PROXY_MARGIN:g} points (C2).
+**DAREx's decision margins** (`darex/claims.py`; points of the task metric). The replication unit of every pruning
+claim is the random mask when a regime has one fine-tuning seed, and the fine-tune (its masks averaged; differences
+between two fine-tunes paired by seed) when it has several (halves A / B = the first / second half of the masks,
+i.e. of the seeds); the precondition is measured over all units. *Precondition of the recovery claims (C1, C2, C5)*:
+DARE at the extreme rate loses more than {COLLAPSE_MARGIN:g} points against the unpruned fine-tune (whole 95%
+interval), else there is nothing to recover and they are *not testable here*. *C3* needs the same of DARE on the
+large-delta fine-tune at the moderate rate, *C4* a large-delta fine-tune whose deltas are ≥ {LARGER_DELTAS:g}× as
+spread (std), and deltas that carry the task (unpruned > all deltas dropped + {DELTAS_MATTER:g} points). *Margins*:
+a gain must exceed {MIN_EFFECT:g} point (C1, C3, C4, C5: the smallest difference that would make a user choose one
+method over another); the label-free q may trail the labelled one by less than {PROXY_MARGIN:g} points (C2).
 Suffix `-mlp`: the collapse regime (synthetic MLP); `-rt`: the real regime (MiniLM on Rotten Tomatoes)."""
 
 SUFFIX = {SYNTHETIC: "mlp", TEXT: "rt"}
@@ -103,8 +108,11 @@ class View:
         self.record, self.regime = record, regime
         cfg = record.config
         self.metric = cfg["text"]["metric"] if regime == TEXT else "accuracy"
-        self.seeds = list(record.seeds)
+        self.seeds = list(cfg["seeds"]) if regime == TEXT else list(cfg["synthetic"].get("seeds") or cfg["seeds"])
         self.masks = mask_ids(self.seeds, cfg["prune"]["mask_seeds"])
+        # With several fine-tuning seeds the unit is the fine-tune (its masks averaged): masks of one model share
+        # its deltas, so an interval over them leaves out how much the effect varies from fine-tune to fine-tune.
+        self.by_fine_tune = len(self.seeds) > 1
         self.p_max = cfg["prune"]["figure_rate"]
         moderate = [r for r in cfg["prune"]["large_delta_rates"] if r < self.p_max]
         self.p_moderate = max(moderate) if moderate else None
@@ -157,6 +165,39 @@ class View:
         ft, dare = self.unpruned(model), self.pruned(model, "dare", p)
         return [f - d for f, d in zip(self.per_mask(ft, masks), dare.at(masks), strict=True)]
 
+    def units(self, values: list[float], masks: list[int]) -> list[float]:
+        """Per-mask ``values`` as replication units: unchanged with one fine-tuning seed, else each seed's mean
+        over its masks (in the order of ``masks``)."""
+        if not self.by_fine_tune:
+            return list(values)
+        groups: dict[int, list[float]] = {}
+        for v, u in zip(values, masks, strict=True):
+            groups.setdefault(seed_of(u), []).append(v)
+        return [sum(g) / len(g) for g in groups.values()]
+
+    def mean(self, values: list[float], masks: list[int]) -> Effect:
+        """The mean of per-mask ``values`` with its 95% interval over the replication units."""
+        return mean_ci(self.units(values, masks))
+
+    def paired(self, a: Measurement, b: Measurement, masks: list[int]) -> Effect:
+        """``a − b`` over the same masks (both random-mask measurements)."""
+        return self.mean([x - y for x, y in zip(a.at(masks), b.at(masks), strict=True)], masks)
+
+    def between_models(self, a: list[float], b: list[float], masks: list[int]) -> Effect:
+        """``mean(a) − mean(b)`` of per-mask values of two different fine-tunes: Welch over the masks with one
+        seed; with several, paired by seed (both fine-tunes of a seed start from its pre-trained model)."""
+        if self.by_fine_tune:
+            return self.mean([x - y for x, y in zip(a, b, strict=True)], masks)
+        return difference(a, b)
+
+    @property
+    def unit_text(self) -> str:
+        return (
+            f"{len(self.seeds)} fine-tunes × {len(self.masks) // len(self.seeds)} masks"
+            if self.by_fine_tune
+            else f"{len(self.masks)} masks"
+        )
+
 
 def _fmt(m: Measurement | None) -> str:
     return format_mean_std(m.values) if m is not None else "n/a"
@@ -164,11 +205,12 @@ def _fmt(m: Measurement | None) -> str:
 
 def dare_loses(view: View, model: str, p: float) -> Precondition:
     """DARE at rate ``p`` loses more than :data:`COLLAPSE_MARGIN` points against the unpruned ``model``."""
-    effect = mean_ci(view.loss(model, p, view.masks))
+    effect = view.mean(view.loss(model, p, view.masks), view.masks)
     holds = math.isfinite(effect.low) and effect.low > COLLAPSE_MARGIN
     which = "" if model == STANDARD else f" {model}"
+    over = "fine-tunes" if view.by_fine_tune else "masks"
     return Precondition(
-        f"DARE at p = {p} loses > {COLLAPSE_MARGIN:g} points vs the unpruned{which} fine-tune (95% CI over masks)",
+        f"DARE at p = {p} loses > {COLLAPSE_MARGIN:g} points vs the unpruned{which} fine-tune (95% CI over {over})",
         f"loss {effect.text(1)}",
         holds,
     )
@@ -194,7 +236,7 @@ def recovery(view: View) -> Judged | None:
         return None
 
     def evaluate(masks: list[int]) -> list[Test]:
-        return [_test(f"DAREx-q − DARE, p = {p}", paired_difference(darex.at(masks), dare.at(masks)), MIN_EFFECT)]
+        return [_test(f"DAREx-q − DARE, p = {p}", view.paired(darex, dare, masks), MIN_EFFECT)]
 
     inv_q = view.inv_q("darex_q_labelled", p)
     return Judged(
@@ -202,7 +244,7 @@ def recovery(view: View) -> Judged | None:
         f"DAREx-q recovers the accuracy DARE loses at p = {p}",
         "Abstract; Table 1: DAREx-q improves on DARE by > 30% at extreme rates on CoLA/SST-2 (numbers not read)",
         f"unpruned {_fmt(ft)}; DARE {_fmt(dare)}; DAREx-q (labelled q, 1/q {_fmt(inv_q)}) {_fmt(darex)}; "
-        f"{len(view.masks)} masks",
+        f"{view.unit_text}",
         replicate(evaluate, view.masks, dare_loses(view, STANDARD, p)),
     )
 
@@ -215,7 +257,7 @@ def label_free_proxy(view: View) -> Judged | None:
         return None
 
     def evaluate(masks: list[int]) -> list[Test]:
-        effect = paired_difference(labelled.at(masks), free.at(masks))
+        effect = view.paired(labelled, free, masks)
         return [_test(f"labelled − label-free q, p = {p}", effect, PROXY_MARGIN, higher=False)]
 
     inv_l, inv_f = view.inv_q("darex_q_labelled", p), view.inv_q("darex_q_unlabelled", p)
@@ -240,7 +282,7 @@ def importance_on_large_deltas(view: View) -> Judged | None:
         tests = []
         for name, m in parts.items():
             gains = [i - d for i, d in zip(view.per_mask(m, masks), dare.at(masks), strict=True)]
-            tests.append(_test(f"{name} − DARE (large deltas, p = {p})", mean_ci(gains), MIN_EFFECT))
+            tests.append(_test(f"{name} − DARE (large deltas, p = {p})", view.mean(gains, masks), MIN_EFFECT))
         return tests
 
     return Judged(
@@ -264,7 +306,7 @@ def larger_deltas_lose_more(view: View) -> Judged | None:
     ratio = std_l / std_s
 
     def evaluate(masks: list[int]) -> list[Test]:
-        effect = difference(view.loss(LARGE, p, masks), view.loss(STANDARD, p, masks))
+        effect = view.between_models(view.loss(LARGE, p, masks), view.loss(STANDARD, p, masks), masks)
         return [_test(f"DARE's loss at p = {p}: large-delta − standard", effect, MIN_EFFECT)]
 
     matter = view.unpruned(STANDARD).mean - view.dropped().mean if view.dropped() else math.inf
@@ -274,7 +316,7 @@ def larger_deltas_lose_more(view: View) -> Judged | None:
         f"×{ratio:.2f}; {matter:+.1f} points",
         ratio >= LARGER_DELTAS and matter > DELTAS_MATTER,
     )
-    loss_s, loss_l = mean_ci(view.loss(STANDARD, p, view.masks)), mean_ci(view.loss(LARGE, p, view.masks))
+    loss_s, loss_l = (view.mean(view.loss(m, p, view.masks), view.masks) for m in (STANDARD, LARGE))
     return Judged(
         "C4",
         f"Larger deltas make DARE lose more at p = {p}",
@@ -309,8 +351,8 @@ def adamr_l2(view: View) -> Judged | None:
         return None
 
     def evaluate(masks: list[int]) -> list[Test]:
-        return [_test(f"DARE at p = {p}: AdamR-L2 − standard fine-tune", difference(l2.at(masks), dare.at(masks)),
-                      MIN_EFFECT)]  # fmt: skip
+        effect = view.between_models(l2.at(masks), dare.at(masks), masks)
+        return [_test(f"DARE at p = {p}: AdamR-L2 − standard fine-tune", effect, MIN_EFFECT)]
 
     return Judged(
         "C5",

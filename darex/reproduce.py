@@ -577,7 +577,8 @@ def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
     with ctx.phase("pruning and evaluation"):
         results = _run_jobs(prune_jobs, cfg, ctx, workers, "pruning jobs", inside)
     with ctx.phase("record and claims"):
-        record = ctx.new_record(seeds=list(cfg.seeds))
+        used = [*(cfg.seeds if TEXT in regimes else ()), *(synthetic.seeds_of(cfg) if SYNTHETIC in regimes else ())]
+        record = ctx.new_record(seeds=sorted(set(used)))  # every regime's; each regime's own are in its config
         record.extra.update(regimes=regimes, workers=workers, job_phases_s=inside)
         if TEXT in regimes:
             add_text_to_record(record, cfg, {(j.seed, j.model, j.part, j.rate): r for j, r in results.items()
@@ -777,12 +778,13 @@ def _text_section(record: RunRecord, out_dir: Path) -> str:
         for name, runs in stats.items()
     ]
     sizes = record.extra["sizes"]
-    n_masks = len(record.extra["mask_seeds"]) * len(record.seeds)
+    text_seeds = record.config["seeds"]
+    n_masks = len(record.extra["mask_seeds"]) * len(text_seeds)
     return "\n\n".join([
         f"#### Real regime: {text_regime_name(record.config)} (train {sizes['train']:,}, validation "
         f"{sizes['val']:,}, test {sizes['test']:,} examples)",
         f"##### {MAIN_TABLE}\n\n{record.extra['metric']} on {sizes['test']} test examples, mean ± std over "
-        f"{n_masks} masks ({len(record.extra['mask_seeds'])} per fine-tuning seed, {len(record.seeds)} seed(s)); "
+        f"{n_masks} masks ({len(record.extra['mask_seeds'])} per fine-tuning seed, {len(text_seeds)} seed(s)); "
         f"each q is chosen once per model and rate on the {sizes['val']:,} validation examples, with a search "
         "mask that is not among the scored ones. The paper's table could not be read (paper.py), so there is no "
         "Paper column.\n\n" + _wide_table(record, rates),

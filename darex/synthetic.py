@@ -201,13 +201,18 @@ class Probe:
 # The jobs
 
 
+def seeds_of(cfg: DarexConfig) -> list[int]:
+    """This experiment's seeds: ``synthetic.seeds``, or the run's ``seeds`` when that is empty."""
+    return list(cfg.synthetic.seeds or cfg.seeds)
+
+
 def jobs(cfg: DarexConfig) -> tuple[list[Job], list[Job]]:
     """(training jobs, pruning jobs): one pre-training per seed, then one job per fine-tune (which it trains,
     from the cached pre-trained model, and prunes at every rate and mask)."""
-    train_jobs = [Job(SYNTHETIC, "train", seed, "pretrained", cost=1.0) for seed in cfg.seeds]
+    train_jobs = [Job(SYNTHETIC, "train", seed, "pretrained", cost=1.0) for seed in seeds_of(cfg)]
     prune_jobs = [
         Job(SYNTHETIC, "prune", seed, model, cost=1.5 if model in (STANDARD, LARGE) else 0.8)
-        for seed in cfg.seeds
+        for seed in seeds_of(cfg)
         for model in models(cfg)
     ]
     return train_jobs, prune_jobs
@@ -312,7 +317,7 @@ def evaluate_model(cfg: DarexConfig, seed: int, model: str, cache: ArtifactCache
 
 def add_to_record(record: RunRecord, cfg: DarexConfig, results: dict[tuple[int, str], dict]) -> None:
     """Measurements of the collapse regime from ``results[(seed, model)]`` (what :func:`evaluate_model` returned)."""
-    seeds = list(cfg.seeds)
+    seeds = seeds_of(cfg)
     refs_table = reference_table(SYNTHETIC)
     for model in models(cfg):
         for setting in (unpruned_setting(model), *([SYNTHETIC_DROPPED] if model == STANDARD else [])):
@@ -358,6 +363,7 @@ def add_to_record(record: RunRecord, cfg: DarexConfig, results: dict[tuple[int, 
         if p in first["val_curves"]
     }
     record.extra["synthetic"] = {
+        "seeds": seeds,
         "delta_statistics": {m: [results[(s, m)]["stats"] for s in seeds] for m in models(cfg)},
         "validation_accuracy_vs_q": curves,
         "n_delta_parameters": first["n_delta_parameters"],
@@ -408,6 +414,14 @@ def report_markdown(record: RunRecord, out_dir: Path) -> str:
         f"for {syn['finetune_steps']} steps; q chosen for each mask on {sizes['val']:,} labelled validation samples "
         f"(or {sizes['unlabelled']} unlabelled ones), scored on {sizes['test']:,} test samples."
     )
+    seeds = info.get("seeds") or record.config["seeds"]
+    masks = len(record.config["prune"]["mask_seeds"])
+    if len(seeds) > 1:
+        text += (
+            f" {len(seeds)} seeds ({', '.join(map(str, seeds))}), each a new task (teachers), pre-trained model and "
+            f"set of fine-tunes, × {masks} masks; tables: mean ± std over all {len(seeds) * masks} masks (or over "
+            "the seeds, for magnitude, WANDA and the unpruned models); claims: over the seeds' means."
+        )
     if info["validation_accuracy_vs_q"]:
         plot_rescaling_curves(record, out_dir / "figures" / "accuracy_vs_rescaling.png")
         text += (

@@ -129,6 +129,9 @@ def test_jobs_cover_every_model_and_rate():
         *(("large-delta", p) for p in cfg.prune.large_delta_rates),
         ("adamr-l2 λ=0.1", cfg.prune.figure_rate),
     }
-    assert [j.model for j in syn_train] == ["pretrained"]
-    assert [j.model for j in syn_prune] == ["standard", "large-delta", "adamr-l2 λ=0.01", "adamr-l2 λ=0.02"]
+    assert [(j.seed, j.model) for j in syn_train] == [(s, "pretrained") for s in (0, 1, 2, 3)]  # one task per seed
+    assert [(j.seed, j.model) for j in syn_prune] == [
+        (s, m) for s in (0, 1, 2, 3) for m in ("standard", "large-delta", "adamr-l2 λ=0.02")
+    ]
+    assert {j.seed for j in text_train} == {0}, "the real regime keeps the run's seeds"
     assert len(set(text_prune + syn_prune)) == len(text_prune) + len(syn_prune), "jobs are distinct"
