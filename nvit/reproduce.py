@@ -1134,6 +1134,17 @@ VARIANTS_DIR = "variants"
 (e.g. ``official-weights``: the official criterion sets and factors); the preset's section compares them."""
 
 
+def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}`` (lists as tuples, so they compare and print as the --set syntax)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def variants_section(record: RunRecord, out_dir: Path) -> str:
     """NViT's pruning results of the preset's record beside those of its variant records (same preset, other
     options): per target, top-1 after the KD fine-tune, MACs and kept fraction per structure, mean over seeds."""
@@ -1142,11 +1153,16 @@ def variants_section(record: RunRecord, out_dir: Path) -> str:
     if not paths:
         return ""
     runs = [("this record", record)] + [(path.parent.name, load_record(path)) for path in paths]
+    mine = _flat(record.config)
     rows = []
     for name, rec in runs:
         pr = rec.config["prune"]
         what = (f"{pr.get('score_weights', 'dependency')} weight sets, divisors "
                 f"{', '.join(f'{d:g}' for d in pr['structure_divisors'])}")  # fmt: skip
+        shown = {"prune.score_weights", "prune.structure_divisors"}
+        other = {k: v for k, v in _flat(rec.config).items() if mine.get(k) != v and k not in shown}
+        if other:  # a variant run with an earlier version of the preset: say how else it differs
+            what += "; also " + ", ".join(f"{k}={v}" for k, v in sorted(other.items()))
         per_seed = rec.extra["per_seed"]
         for t in rec.extra["targets"]:
             for label in (NVIT, "η=0"):

@@ -143,4 +143,11 @@ def test_variant_records_are_compared_in_the_preset_section(smoke_results, tmp_p
     shutil.copytree(src, tmp_path / reproduce.VARIANTS_DIR / "official-weights")
     text = reproduce.variants_section(record, tmp_path)
     assert "| official-weights | dependency weight sets" in text and "| this record |" in text
-    assert "NViT" in text and "kept EMB / H / QK / V / MLP" in text
+    assert "NViT" in text and "kept EMB / H / QK / V / MLP" in text and "also" not in text
+    # A variant run with an earlier version of the preset says how else it differs.
+    blob = json.loads((tmp_path / reproduce.VARIANTS_DIR / "official-weights" / "record.json").read_text())
+    blob["config"]["data"]["train_subset"] = 123
+    (tmp_path / reproduce.VARIANTS_DIR / "official-weights" / "record.json").write_text(json.dumps(blob))
+    assert "dependency weight sets, divisors 1, 1, 1, 1, 1; also data.train_subset=123 |" in reproduce.variants_section(
+        record, tmp_path
+    )
