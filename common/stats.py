@@ -219,6 +219,15 @@ class Precondition:
     def describe(self) -> str:
         return f"{self.text}: {self.value} ({'holds' if self.holds else 'fails'})"
 
+    @staticmethod
+    def all(*preconditions: Precondition) -> Precondition:
+        """Several preconditions as one that holds when all hold. Each part keeps its measured value; the parts
+        that hold come first, so the one overall "(fails)" lands on a failing part (earlier failing parts say so)."""
+        ordered = [p for p in preconditions if p.holds] + [p for p in preconditions if not p.holds]
+        *first, last = ordered
+        parts = [f"{p.text}: {p.value}" + ("" if p.holds else " (fails)") for p in first]
+        return Precondition("; ".join([*parts, last.text]), last.value, all(p.holds for p in preconditions))
+
 
 @dataclass
 class Judgement:

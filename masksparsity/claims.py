@@ -167,15 +167,6 @@ def _learnt(record: RunRecord) -> Precondition:
                         dense is not None and value >= LEARNT_MIN)  # fmt: skip
 
 
-def _all(*preconditions: Precondition) -> Precondition:
-    """Several preconditions as one that holds when all hold. Each part keeps its measured value; the parts that
-    hold come first, so the one overall "(fails)" lands on a failing part (and earlier failing parts say so)."""
-    ordered = [p for p in preconditions if p.holds] + [p for p in preconditions if not p.holds]
-    *first, last = ordered
-    parts = [f"{p.text}: {p.value}" + ("" if p.holds else " (fails)") for p in first]
-    return Precondition("; ".join([*parts, last.text]), last.value, all(p.holds for p in preconditions))
-
-
 def _same_flops(record: RunRecord) -> Precondition:
     rule = (record.config.get("prune") or {}).get("rule", "mask")
     return Precondition("arms pruned to the same FLOPs target (prune.rule=mask)", f"prune.rule={rule}", rule == "mask")
@@ -270,7 +261,7 @@ def _c2(record: RunRecord, op: str, suffix: str) -> ClaimResult | None:
             f"the control's drop exceeds MaskSparsity's by more than {MARGIN_PP:g} point, raw and with BN "
             "statistics re-estimated"
         ),
-        _judge(record, evaluate, _all(_learnt(record), _same_flops(record), regime)),
+        _judge(record, evaluate, Precondition.all(_learnt(record), _same_flops(record), regime)),
     )
 
 
@@ -322,7 +313,7 @@ def _c3(record: RunRecord, op: str, suffix: str) -> ClaimResult | None:
             f"matches = MaskSparsity not more than {MARGIN_PP:g} point below the best Network Slimming "
             "(non-inferiority); λ is picked again within each half"
         ),
-        _judge(record, evaluate, _all(_learnt(record), _same_flops(record), val)),
+        _judge(record, evaluate, Precondition.all(_learnt(record), _same_flops(record), val)),
     )
 
 
@@ -345,7 +336,7 @@ def _c4(record: RunRecord, op: str, suffix: str) -> ClaimResult | None:
         PAPER_METHOD,
         f"test accuracy after fine-tuning: MaskSparsity {_fmt(ms)}, control {_fmt(ctl)} (same baseline, epochs, mask "
         "and fine-tuning; only the penalty differs). " + _rule("beats = the whole interval above 0 (superiority)"),
-        _judge(record, evaluate, _all(_learnt(record), _same_flops(record))),
+        _judge(record, evaluate, Precondition.all(_learnt(record), _same_flops(record))),
     )
 
 
@@ -380,5 +371,5 @@ def _c5(record: RunRecord, ops: list[str]) -> ClaimResult | None:
         f"control, fine-tuned unpruned for the fine-tuning epochs) {_fmt(ref)}; the baseline before any sparsity "
         f"phase {_fmt(base)} (test subset). A different, much smaller network and dataset. "
         + _rule(f"no loss = not more than {MARGIN_PP:g} point below the reference (non-inferiority)"),
-        _judge(record, evaluate, _all(_learnt(record), near)),
+        _judge(record, evaluate, Precondition.all(_learnt(record), near)),
     )
