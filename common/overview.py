@@ -66,7 +66,9 @@ def claim_name(paper: str, record: RunRecord, index: int) -> str:
 def _commit_date(record: RunRecord) -> str:
     p = record.provenance
     commit = (p.get("git_commit") or "unknown")[:10] + ("+dirty" if p.get("git_dirty") else "")
-    return f"`{commit}`, {str(p.get('started_at', ''))[:10]}"
+    rejudged = record.extra.get("claims_rejudged") or {}
+    again = f"; claims re-judged at `{str(rejudged.get('commit') or 'unknown')[:10]}`" if rejudged else ""
+    return f"`{commit}`, {str(p.get('started_at', ''))[:10]}{again}"
 
 
 def _claims_rows(results_dir: Path) -> list[tuple[tuple, str, bool]]:

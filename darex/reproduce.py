@@ -750,7 +750,11 @@ def report(record: RunRecord, out_dir: Path) -> str:
             + _tables(record, lambda t: t.startswith(SYNTHETIC_PREFIX), strip=SYNTHETIC_PREFIX)
         )
     if record.claims:
-        parts.append(f"#### Claims\n\n{claims_table(record.claims)}\n\n{RULES_MARKDOWN}\n\n{claims.MARGINS_MARKDOWN}")
+        rejudged = record.extra.get("claims_rejudged")
+        note = (f"Claims judged again at commit `{str(rejudged.get('commit'))[:10]}` (`python -m darex.claims`): "
+                f"{rejudged.get('why')}.\n\n" if rejudged else "")  # fmt: skip
+        parts.append(f"#### Claims\n\n{note}{claims_table(record.claims)}\n\n{RULES_MARKDOWN}\n\n"
+                     f"{claims.MARGINS_MARKDOWN}")  # fmt: skip
     return "\n\n".join(p.strip() for p in parts) + "\n"
 
 
