@@ -71,7 +71,7 @@ NUMERICS_TESTS := tests/common $(addprefix tests/,$(PAPERS))
 
 test: install ## run the test suite, then its numerics again on other CPU kernel paths and 1 thread (minutes)
 	$(PY) -m pytest $(PYTEST_ARGS)
-	$(SECOND_KERNELS) $(PY) -m pytest $(NUMERICS_TESTS) -m "not slow and not gpu and not e2e" $(PYTEST_ARGS)
+	$(SECOND_KERNELS) $(PY) -m pytest $(NUMERICS_TESTS) -m "not slow and not gpu and not e2e and not kernel_independent" $(PYTEST_ARGS)
 
 test-slow: install ## run only the slow tests (real data, longer runs)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

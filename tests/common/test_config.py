@@ -7,6 +7,8 @@ import pytest
 
 from common.config import ConfigError, config_hash, describe, get_preset, override, param, to_dict
 
+pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
+
 
 @dataclass(frozen=True)
 class Train:

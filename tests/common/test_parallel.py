@@ -7,6 +7,8 @@ import torch
 
 from common.parallel import default_workers, map_jobs
 
+pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
+
 
 def seeded_job(seed: int, size: int) -> tuple[int, list[float], int]:
     """A job that seeds itself, as every worker job must; also reports its torch thread count."""

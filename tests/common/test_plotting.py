@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import pytest
 
 from common import plotting
+
+pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
 
 
 def test_method_colors_are_fixed_and_stable():

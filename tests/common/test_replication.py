@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from common import overview, replication
 from common.results import RunRecord, write_record
 from common.stats import INCONCLUSIVE, NOT_REPRODUCED, PARTLY, REPRODUCED, Test, mean_ci, replicate
+
+pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
 
 
 def _record(seeds: list[int], shifts: dict[str, float]) -> RunRecord:

@@ -11,6 +11,8 @@ import pytest
 from common import results
 from common.results import Claim, Measurement, RunRecord
 
+pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
+
 
 def make_record() -> RunRecord:
     record = RunRecord(

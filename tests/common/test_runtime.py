@@ -11,6 +11,8 @@ import torch
 from common import runtime
 from common.errors import UserError
 
+pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
+
 
 def test_select_device():
     assert runtime.select_device("cpu") == torch.device("cpu")

@@ -23,6 +23,8 @@ from common.stats import (
     replicate,
 )
 
+pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
+
 # Interval arithmetic in float64 over a handful of values: agreement to ~1e-12 relative.
 TOL = 1e-10
 

@@ -19,6 +19,8 @@ from darex.method import DeltaMismatchError, apply_delta, dare, delta_parameters
 from darex.models import MLP, load_tokenizer, tiny_bert_config
 from tests.test_cli import run_cli
 
+pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
+
 
 def error_lines(stderr: str) -> list[str]:
     """What the CLI printed about the error: non-empty lines that are not timestamped log lines or progress bars."""

@@ -38,9 +38,14 @@ def smoke_one_worker(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory, smoke_one_worker):
+def smoke_two_workers(tmp_path_factory):
+    return _smoke(tmp_path_factory, 2)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(smoke_one_worker, smoke_two_workers):
     """The smoke preset with 1 worker (every job in this process) and with 2 worker processes."""
-    return {1: smoke_one_worker, 2: _smoke(tmp_path_factory, 2)}
+    return {1: smoke_one_worker, 2: smoke_two_workers}
 
 
 def _comparable(out: Path) -> dict:
@@ -53,6 +58,7 @@ def _comparable(out: Path) -> dict:
     return record
 
 
+@pytest.mark.slow  # one more smoke run (~20 s); make test keeps common.parallel's own 1-vs-2-worker test
 @pytest.mark.timeout(900)
 def test_one_and_two_workers_write_the_same_record(smoke_runs):
     for workers, out in smoke_runs.items():
@@ -79,8 +85,8 @@ def test_two_launched_processes_write_the_record_of_one(smoke_one_worker, tmp_pa
     assert _comparable(out) == _comparable(smoke_one_worker)
 
 
-def test_smoke_record_holds_both_regimes_and_their_claims(smoke_runs):
-    record = load_record(smoke_runs[2])
+def test_smoke_record_holds_both_regimes_and_their_claims(smoke_two_workers):
+    record = load_record(smoke_two_workers)
     cfg = config.smoke()
     assert record.extra["regimes"] == [TEXT, SYNTHETIC] and record.extra["workers"] == 2
     masks = mask_ids(cfg.seeds, cfg.prune.mask_seeds)
@@ -100,13 +106,13 @@ def test_smoke_record_holds_both_regimes_and_their_claims(smoke_runs):
     assert [j.judgement.verdict for j in claims.judge(record)] == [c.verdict for c in record.claims]
 
 
-def test_smoke_report_shows_both_regimes(smoke_runs):
-    text = (smoke_runs[1] / "results.md").read_text()
+def test_smoke_report_shows_both_regimes(smoke_two_workers):
+    text = (smoke_two_workers / "results.md").read_text()
     for heading in ("#### Real regime: tiny-bert on Rotten Tomatoes", "#### Collapse regime", "#### Claims"):
         assert heading in text
-    assert "Inside the jobs (1 worker process" in text and "DAREx's decision margins" in text
+    assert "Inside the jobs (2 worker processes" in text and "DAREx's decision margins" in text
     for figure in ("metric_vs_rate.png", "rescaling_factor.png", "accuracy_vs_rescaling.png"):
-        assert (smoke_runs[1] / "figures" / figure).is_file()
+        assert (smoke_two_workers / "figures" / figure).is_file()
 
 
 def test_rescaling_one_drawn_mask_is_dare_with_that_q_exactly():

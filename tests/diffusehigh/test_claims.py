@@ -16,6 +16,8 @@ from common.stats import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTABLE, PARTLY, REP
 from diffusehigh import claims, config
 from diffusehigh.claims import BASE, BICUBIC, DH, DIRECT, M_BORDER, M_EDGE, M_HF, M_OBJ, M_PSNR, M_STRIPE, SDEDIT
 
+pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
+
 SEEDS = (0, 1)
 N = 24  # images per seed
 PROG, ONE = "DiffuseHigh, progressive 2x -> 4x -> 8x", "DiffuseHigh, one jump to 8x"

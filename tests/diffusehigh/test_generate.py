@@ -20,6 +20,8 @@ from diffusehigh import config, generate, reproduce
 
 from .tiny_models import sdxl_pipeline
 
+pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
+
 FAST = ["--steps", "4", "--noising-steps", "2", "--dwt-steps", "1", "--device", "cpu"]
 
 

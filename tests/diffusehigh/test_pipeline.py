@@ -337,6 +337,7 @@ SIZE_FORMS = {
 }
 
 
+@pytest.mark.kernel_independent  # two runs compared in one process
 @pytest.mark.parametrize("heights, widths", SIZE_FORMS.values(), ids=SIZE_FORMS.keys())
 def test_target_sizes_in_any_integer_form_reach_the_unet(spied, heights, widths):
     """Sequences, ranges, numpy arrays and whole-number floats (1024 * 1.5 = 1536.0) are sizes, as before the
@@ -361,6 +362,7 @@ def test_a_stage_the_same_size_as_the_previous_one_is_a_refinement_pass(spied):
     assert [tuple(x.shape[-2:]) for x in out.stage_images] == [(32, 32), (48, 48), (48, 48)]
 
 
+@pytest.mark.kernel_independent  # two runs compared in one process
 def test_numpy_bools_are_flags(spied):
     p, counts = spied
     kw = {**KW, **prompt_embeds()}

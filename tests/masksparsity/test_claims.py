@@ -9,6 +9,8 @@ from common.results import RunRecord
 from common.stats import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTABLE, PARTLY, REPRODUCED
 from masksparsity import claims as C
 
+pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
+
 SEEDS = [0, 1, 2, 3, 4, 5]
 JITTER = [0.10, -0.20, 0.15, -0.05, 0.00, 0.10]
 """Seed-to-seed spread of the synthetic arms: small, so intervals are narrow unless a test widens them."""

@@ -12,6 +12,8 @@ from nvit import archtable
 from nvit.archtable import ArchTableConfig, arch_dims
 from nvit.models import count_dims_params, vit_macs
 
+pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
+
 
 @pytest.mark.parametrize(
     "name, dist, params, macs",

@@ -14,6 +14,8 @@ from nvit import claims, config
 from nvit.claims import NVIT
 from nvit.reproduce import judge_claims
 
+pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
+
 SEEDS = [0, 1, 2, 3, 4, 5]
 NOISE = [0.2, -0.2, 0.1, -0.1, 0.15, -0.15]  # per seed; halves A (seeds 0-2) and B (3-5)
 OTHER = [-0.1, 0.15, -0.2, 0.2, 0.05, -0.05]  # a second, different pattern, so that paired differences vary

@@ -14,6 +14,8 @@ from common.results import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTABLE, PARTLY, R
 from three_regime import claims, method
 from three_regime.config import RegimeConfig
 
+pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
+
 SEEDS = [0, 1, 2, 3]
 TEMPS = [20.0, 60.0]  # hot (before the decay at epoch 30 of 60), cold
 DENS = [1.0, 2.0, 20.0, 50.0]
