@@ -33,7 +33,7 @@ from torch import nn
 
 from common import distributed as dist
 from common.cli import RunContext
-from common.config import to_dict
+from common.config import ConfigError, to_dict
 from common.parallel import default_workers, map_jobs
 from common.plotting import method_color, method_marker, plt, savefig, style
 from common.results import RULES_MARKDOWN, RunRecord, claims_table, mean_std, render_record
@@ -563,7 +563,10 @@ def run(cfg: DarexConfig, ctx: RunContext) -> RunRecord:
         return decoder.run(cfg, ctx)
     regimes = [r for r in (TEXT, SYNTHETIC) if r in cfg.experiment.split("+")]
     if any(not 0 <= m < SEARCH_MASK for m in cfg.prune.mask_seeds):
-        raise ValueError(f"prune.mask_seeds must lie in [0, {SEARCH_MASK}); got {cfg.prune.mask_seeds}")
+        raise ConfigError(f"prune.mask_seeds must lie in [0, {SEARCH_MASK}); got {cfg.prune.mask_seeds}")
+    for name, seeds in (("seeds", cfg.seeds), ("synthetic.seeds", cfg.synthetic.seeds)):
+        if len(set(seeds)) != len(seeds) or any(not 0 <= s < 1_000 for s in seeds):  # mask ids are 1000·seed + m
+            raise ConfigError(f"{name} must be distinct and lie in [0, 1000); got {seeds}")
     # One worker per rank under a launcher (each rank is a process already), else 2 on a CPU (default_workers).
     workers = default_workers() if ctx.device.type == "cpu" and dist.world_size() == 1 else 1
     train_jobs, prune_jobs = [], []

@@ -524,3 +524,15 @@ def test_dare_on_checked_deltas_still_round_trips():
     for name, tensor in finetuned.state_dict().items():
         if not name.startswith("head"):
             torch.testing.assert_close(restored[name], tensor)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("synthetic.seeds=(1,1)", "synthetic.seeds"), ("seeds=(1000,)", "seeds"), ("prune.mask_seeds=(999,)", "mask")],
+)
+def test_seeds_that_would_share_mask_ids_are_one_line_and_exit_2(tmp_path, capsys, override, named):
+    """Mask ids are 1000·seed + m (m < 999): a repeated seed, a seed ≥ 1000 or a mask seed ≥ 999 would make two
+    masks one id, so the run refuses before any work."""
+    code = run_cli("reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(tmp_path), "--set", override)
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and named in err and "Traceback" not in err
