@@ -287,7 +287,8 @@ def paper() -> DarexConfig:
     --set text.train_file=/glue/SST-2/train.tsv --set text.val_file=/glue/SST-2/val.tsv
     --set text.test_file=/glue/SST-2/dev.tsv"`` (CoLA: ``--set text.metric=matthews``; MRPC:
     ``accuracy_f1``; STS-B: ``pearson_spearman --set text.num_labels=1``). Hardware: one GPU.
-    Time: about an hour per task (SST-2's 10 epochs dominate). Targets Tables 1-2 (whose numbers could
+    Time: SST-2 about 2-3 h on one GPU, ~1 h with NPROC=4 (estimates, not measured; its 10 epochs dominate;
+    the smaller GLUE tasks take less). Targets Tables 1-2 (whose numbers could
     not be read, see paper.py). Recipe: batch 16, lr 1e-5, 10 epochs, warm-up 6%, weight decay 0.01,
     max length 128; validation = 10% of GLUE train, test = GLUE dev. Choosing q follows the official
     ``find_q_encoder.py``: a linear sweep in q (step 0.05, fine step 0.005, stop after 4 misses); the label-free
