@@ -9,13 +9,24 @@ Results come back in the order of ``jobs`` whatever the number of workers, and e
 record is the same with 1 or 2 workers apart from timings (``tests/common/test_parallel.py``). ``fn`` must be
 a module-level function and its arguments picklable. With ``workers <= 1`` the jobs run here, in order.
 Measured latencies must not be taken while workers run: time them afterwards, in the parent, alone.
+
+Work that is one job shared by the workers (data-parallel training of one model) runs in a process group
+instead: ``run_group(train, (cfg,), workers=2)`` starts ``workers`` processes joined by a gloo group on this
+machine, each calling ``train(cfg)`` with one torch thread (``torch.distributed`` gives it its rank), and returns
+rank 0's result. With ``workers <= 1`` it calls ``fn`` here, on one torch thread, without a group, so a function
+whose collectives combine the ranks' shares in a fixed order returns the same with 1 or N workers.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import multiprocessing
 import os
+import pickle
+import queue
+import socket
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -61,7 +72,7 @@ def map_jobs(
     if workers <= 1 or len(jobs) == 1:
         return [fn(*job) for job in progress(jobs, desc=desc)]
     workers = min(workers, len(jobs))
-    env = {k: v for k, v in os.environ.items() if k.startswith(("PRUNE_REPRO_", "OMP_", "MKL_", "ATEN_", "ONEDNN_"))}
+    env = _worker_env()
     ctx = multiprocessing.get_context("spawn")
     results: list[Any] = [None] * len(jobs)
     with futures.ProcessPoolExecutor(
@@ -76,3 +87,84 @@ def map_jobs(
                 f.cancel()
             raise
     return results
+
+
+def _worker_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(("PRUNE_REPRO_", "OMP_", "MKL_", "ATEN_", "ONEDNN_"))}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _group_member(rank: int, world: int, port: int, threads: int, env: dict[str, str], fn, args, results) -> None:
+    """One process of :func:`run_group`: join the group, run ``fn``, send back (rank, ok, result or traceback)."""
+    _init_worker(threads, env)
+    try:
+        torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        out = fn(*args)
+        # as bytes: torch sends tensors through a queue as shared memory that dies with this process
+        results.put((rank, True, pickle.dumps(out) if rank == 0 else None))
+    except BaseException:
+        results.put((rank, False, traceback.format_exc()))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+class GroupError(RuntimeError):
+    """A process of :func:`run_group` failed (its traceback is the message)."""
+
+
+def run_group(fn: Callable[..., R], args: tuple[Any, ...], workers: int = 1, threads_per_worker: int = 1) -> R:
+    """``fn(*args)`` run by ``workers`` processes joined in a gloo process group; rank 0's result.
+
+    ``fn`` must be a module-level function; it finds its rank and the group's size in ``torch.distributed`` (not
+    initialised when ``workers <= 1``: then it runs here, on ``threads_per_worker`` torch threads). If a process
+    fails, the others are stopped and :class:`GroupError` carries the failing process's traceback.
+    """
+    if workers <= 1:
+        with torch_threads(threads_per_worker):
+            return fn(*args)
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    port, env = _free_port(), _worker_env()
+    procs = [ctx.Process(target=_group_member, args=(r, workers, port, threads_per_worker, env, fn, args, results),
+                         daemon=True) for r in range(workers)]  # fmt: skip
+    for p in procs:
+        p.start()
+    out, done = None, set()
+    try:
+        while len(done) < workers:
+            try:
+                rank, ok, value = results.get(timeout=1.0)
+            except queue.Empty as empty:
+                dead = [r for r, p in enumerate(procs) if r not in done and p.exitcode not in (None, 0)]
+                if dead:
+                    code = procs[dead[0]].exitcode
+                    raise GroupError(f"worker {dead[0]} of {workers} died (exit code {code})") from empty
+                continue
+            if not ok:
+                raise GroupError(f"worker {rank} of {workers} failed:\n{value}")
+            done.add(rank)
+            if rank == 0:
+                out = pickle.loads(value)
+    finally:
+        for p in procs:
+            if p.is_alive() and len(done) < workers:
+                p.terminate()
+            p.join()
+    return out

@@ -122,6 +122,11 @@ class TrainConfig:
 
     steps: int = param(4000, "optimizer steps at the base resolution (0 = backbone is pretrained, e.g. SDXL)")
     batch_size: int = param(24, "images per step")
+    micro_batches: int = param(
+        2,
+        "equal micro-batches per step, their gradients averaged in a fixed order; up to this many CPU worker "
+        "processes share them (the weights do not depend on how many)",
+    )
     lr: float = param(5e-4, "AdamW peak learning rate (linear warm-up, then cosine decay to 0)")
     warmup_steps: int = param(100, "linear learning-rate warm-up steps")
     ema_decay: float = param(0.999, "decay of the exponential moving average of the weights that is sampled from")
@@ -326,7 +331,7 @@ def mini() -> DiffuseHighConfig:
         num_samples=24,
         model=BaseModelConfig(prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2"),
         stages=StageConfig(scale_factors=(2.0, 4.0)),
-        train=TrainConfig(steps=5000),
+        train=TrainConfig(steps=4000),
         ablation=AblationConfig(direct_samples=8, jump_factors=(2.0, 4.0, 8.0), jump_samples=8),
     )
 

@@ -1,7 +1,9 @@
 """The pixel-space base model of the `smoke`/`mini` presets: a diffusers ``UNet2DModel`` and its noise schedule.
 
-The UNet is fully convolutional (no attention), so the model trained at 32x32 can be run at any larger size:
-that is what "direct high-resolution sampling" means for the baselines. :class:`PixelDenoiser` adapts it to
+The UNet is fully convolutional (no attention: diffusers' default self-attention in the mid block is switched
+off, as it was meant to be; until training format 2 it was on, and made 256x256 sampling 2.3x slower), so the
+model trained at 32x32 can be run at any larger size: that is what "direct high-resolution sampling" means for
+the baselines. :class:`PixelDenoiser` adapts it to
 the backbone-agnostic core (:mod:`diffusehigh.core`), which works in the variance-exploding parameterisation
 z = x0 + sigma * eps; a VP model sees x_t = z / sqrt(1 + sigma^2) (= sqrt(alpha_bar) * z), exactly as
 diffusers' Euler scheduler feeds SDXL (``scale_model_input``).
@@ -29,6 +31,7 @@ def build_unet(cfg: BaseModelConfig) -> UNet2DModel:
         down_block_types=("DownBlock2D",) * levels,
         up_block_types=("UpBlock2D",) * levels,
         norm_num_groups=cfg.norm_num_groups,
+        add_attention=False,  # diffusers adds self-attention to the mid block by default
     )
 
 
@@ -78,7 +81,8 @@ class PixelDenoiser:
     """
 
     def __init__(self, unet: UNet2DModel, alphas_cumprod: torch.Tensor, prediction_type: str, clip_x0: bool):
-        self.unet, self.alphas_cumprod = unet, alphas_cumprod.float()
+        # channels-last convolutions: 1.3-1.8x faster sampling on CPU at 32-256 px (measured, one thread)
+        self.unet, self.alphas_cumprod = unet.to(memory_format=torch.channels_last), alphas_cumprod.float()
         self.prediction_type, self.clip_x0 = prediction_type, clip_x0
         self.calls = 0
 
@@ -86,9 +90,9 @@ class PixelDenoiser:
     def __call__(self, z: torch.Tensor, sigma: float, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         self.calls += 1
         alpha_bar = torch.as_tensor(1.0 / (1.0 + sigma**2), dtype=z.dtype, device=z.device)
-        x_t = z * alpha_bar.sqrt()
+        x_t = (z * alpha_bar.sqrt()).contiguous(memory_format=torch.channels_last)
         timestep = torch.full((z.shape[0],), int(t), device=z.device, dtype=torch.long)
-        output = self.unet(sample=x_t, timestep=timestep).sample
+        output = self.unet(sample=x_t, timestep=timestep).sample.contiguous()
         x0 = x0_from_output(output, x_t, alpha_bar, self.prediction_type)
         eps = eps_from_output(output, x_t, alpha_bar, self.prediction_type)
         return (x0.clamp(-1, 1) if self.clip_x0 else x0), eps

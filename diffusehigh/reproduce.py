@@ -786,8 +786,10 @@ def report(record: RunRecord, out_dir: Path) -> str:
                      f"each, summed over the seeds): {shares}.")  # fmt: skip
     base = record.extra.get("base_model", {})
     if base:
-        train_txt = (f"trained {base.get('train_wall_time_s', '?')} s on {base.get('threads', '?')} thread(s)"
-                     if "train_wall_time_s" in base else "")  # fmt: skip
+        threads = base.get("threads_per_worker", base.get("threads", "?"))
+        where = (f"in {base['workers']} worker process(es) of {threads} torch thread(s)" if "workers" in base
+                 else f"on {threads} thread(s)")  # fmt: skip
+        train_txt = f"trained {base.get('train_wall_time_s', '?')} s {where}" if "train_wall_time_s" in base else ""
         parts.append(
             f"Base model: {base.get('params', '?'):,} parameters, from {base.get('source', '?')}"
             + (f" (`{base['file']}`, sha256 `{base.get('sha256', '')[:16]}…`)" if "file" in base else "")
@@ -1029,7 +1031,13 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="mini", choices=list(config_lib.PRESETS), help="whose base model")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field (changes the training hash)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="CPU worker processes sharing each step's micro-batches, one torch thread each (default: "
+        "up to 2 cores, a divisor of train.micro_batches; the weights are the same for any count)",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
 
 
@@ -1045,10 +1053,12 @@ def _train_handler(args: argparse.Namespace) -> int:
         )
     validate_config(cfg)  # a one-line error before minutes of training, not after
     device = runtime.select_device(args.device)
-    threads = runtime.set_threads(args.threads)
+    workers = train_lib.default_train_workers(cfg, device) if args.workers is None else args.workers
+    if args.workers is not None and (workers < 1 or cfg.train.micro_batches % workers):
+        raise UserError(f"--workers must divide train.micro_batches ({cfg.train.micro_batches}), got {workers}")
     command = shlex.join(["python", "-m", "diffusehigh", "train", "--preset", args.preset]
                          + [a for s in args.sets for a in ("--set", s)])  # fmt: skip
-    state, summary = train_lib.train_base_model(cfg, device)
+    state, summary = train_lib.train_base_model(cfg, device, workers)
     meta = {
         "train_hash": train_lib.train_hash(cfg),
         "train_key": train_lib.train_key(cfg),
@@ -1057,7 +1067,8 @@ def _train_handler(args: argparse.Namespace) -> int:
         "command": command,
         "seeds": {"train": cfg.train.seed, "data": cfg.data.seed},
         "train_wall_time_s": summary["train_wall_time_s"],
-        "threads": threads,
+        "workers": summary["workers"],
+        "threads_per_worker": summary["threads"],
         "device": str(device),
         "device_name": runtime.device_name(device),
         "final_loss_ema": summary["final_loss_ema"],

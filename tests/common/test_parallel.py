@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.parallel import default_workers, map_jobs
+from common.parallel import GroupError, default_workers, map_jobs, run_group
 
 pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
 
@@ -44,3 +44,27 @@ def test_no_jobs_and_default_workers(monkeypatch):
     assert default_workers() == 3
     monkeypatch.delenv("PRUNE_REPRO_WORKERS")
     assert 1 <= default_workers() <= 2
+
+
+def group_job(fail_rank: int) -> dict:
+    """Each rank contributes its rank; rank ``fail_rank`` raises instead (none when -1)."""
+    group = torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if group else (0, 1)
+    if rank == fail_rank:
+        raise ValueError(f"rank {rank} failed")
+    x = torch.tensor([float(rank + 1)])
+    if group:
+        torch.distributed.all_reduce(x)
+    return {"rank": rank, "world": world, "sum": x.item(), "threads": torch.get_num_threads()}
+
+
+def test_a_group_returns_rank_0s_result_and_one_worker_runs_here_on_one_thread():
+    assert run_group(group_job, (-1,), workers=2) == {"rank": 0, "world": 2, "sum": 3.0, "threads": 1}
+    before = torch.get_num_threads()
+    assert run_group(group_job, (-1,), workers=1) == {"rank": 0, "world": 1, "sum": 1.0, "threads": 1}
+    assert torch.get_num_threads() == before  # restored
+
+
+def test_a_failing_group_member_raises_with_its_traceback():
+    with pytest.raises(GroupError, match=r"worker 1 of 2 failed(.|\n)*rank 1 failed"):
+        run_group(group_job, (1,), workers=2)
