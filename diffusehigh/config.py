@@ -310,11 +310,12 @@ def smoke() -> DiffuseHighConfig:
 def mini() -> DiffuseHighConfig:
     """The default: a pixel UNet trained at 32x32 on textured disks, taken to 2x, 4x and 8x by DiffuseHigh.
 
-    Command: ``make reproduce-diffusehigh``. Hardware: 2-core CPU. Time: **55.5 min measured** from an empty cache
-    (3,331 s, commit d9d036c, AMD EPYC, other jobs niced): training the 0.64M-parameter UNet for 5,000 steps took
-    41.2 min (2 torch threads; estimated 15), sampling and metrics of the two seeds in two worker processes 12.9 min
-    (estimated 6.5). Over the budget of issue 17 (30 min with training, 10 without). The checkpoint that run
-    trained is committed (checkpoints/mini_unet.safetensors), so a fresh clone skips the training;
+    Command: ``make reproduce-diffusehigh``. Hardware: 2-core CPU. Time: **27.1 min measured** from an empty cache
+    (1,626 s, commit 7ec66d3, AMD EPYC, nothing else running; budget 30): training the 0.64M-parameter UNet for
+    4,000 steps in two single-thread worker processes 19.7 min, sampling and metrics of the two seeds in two worker
+    processes 6.3 min (before: 55.5 min, 5,000 steps on 2 threads, a mid-block attention at every size). The
+    checkpoint that run trained is committed (checkpoints/mini_unet.safetensors), so a fresh clone skips the
+    training: 7.0 min measured with it (418 s, the replica with seeds 2, 3; budget 10).
     ``python -m diffusehigh train --preset mini`` trains the same weights.
     Targets: the paper's qualitative claims, not its tables (which could not be read): direct sampling above the
     training resolution repeats objects and DiffuseHigh does not; the DWT guidance keeps the low-resolution
