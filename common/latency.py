@@ -154,33 +154,54 @@ def compare_latency(
     The order within a round alternates too (AB, BA, AB, ...) so neither model always runs second
     on a warm cache. ``example_inputs_b`` defaults to the same inputs.
     """
+    inputs_b = example_inputs if example_inputs_b is None else example_inputs_b
+    return compare_latency_many(a, [b], example_inputs, others_inputs=[inputs_b], warmup=warmup, rounds=rounds)[0]
+
+
+def compare_latency_many(
+    reference: torch.nn.Module,
+    others: list[torch.nn.Module],
+    example_inputs: Inputs,
+    *,
+    others_inputs: list[Inputs] | None = None,
+    warmup: int = 5,
+    rounds: int = 20,
+) -> list[Comparison]:
+    """:func:`compare_latency` of ``reference`` against each of ``others``, all timed in the same rounds.
+
+    Every round times the reference once and each other model once, in an order that rotates by one place per
+    round (round r starts at model r mod n), so every model takes every position; each comparison's speedup is
+    the median over rounds of (reference time) / (its time) in the same round. Timing the reference once per round
+    for all the models saves ``len(others) - 1`` reference calls a round over separate comparisons.
+    """
     if rounds < 1 or warmup < 0:
         raise ValueError("rounds must be >= 1 and warmup >= 0")
-    inputs_b = example_inputs if example_inputs_b is None else example_inputs_b
-    modes = (a.training, b.training)
-    a.eval()
-    b.eval()
-    timer_a, timer_b = _Timer(a, example_inputs), _Timer(b, inputs_b)
+    if not others:
+        return []
+    others_inputs = [example_inputs] * len(others) if others_inputs is None else others_inputs
+    if len(others_inputs) != len(others):
+        raise ValueError(f"others_inputs has {len(others_inputs)} entries for {len(others)} models")
+    models = [reference, *others]
+    modes = [m.training for m in models]
+    timers = [_Timer(m, x) for m, x in zip(models, [example_inputs, *others_inputs], strict=True)]
+    for m in models:
+        m.eval()
+    times: list[list[float]] = [[] for _ in models]
     try:
         for _ in range(warmup):
-            timer_a.once()
-            timer_b.once()
-        times_a, times_b = [], []
+            for timer in timers:
+                timer.once()
         for r in range(rounds):
-            if r % 2 == 0:
-                times_a.append(timer_a.once())
-                times_b.append(timer_b.once())
-            else:
-                times_b.append(timer_b.once())
-                times_a.append(timer_a.once())
+            for i in range(len(models)):
+                k = (r + i) % len(models)
+                times[k].append(timers[k].once())
     finally:
-        a.train(modes[0])
-        b.train(modes[1])
-    q1, q2, q3 = _quartiles([ta / tb for ta, tb in zip(times_a, times_b, strict=True)])
-    return Comparison(
-        a=_timing(times_a, warmup, example_inputs, timer_a.device),
-        b=_timing(times_b, warmup, inputs_b, timer_b.device),
-        speedup=q2,
-        speedup_q1=q1,
-        speedup_q3=q3,
-    )
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
+    ref = _timing(times[0], warmup, example_inputs, timers[0].device)
+    out = []
+    for k in range(1, len(models)):
+        q1, q2, q3 = _quartiles([ta / tb for ta, tb in zip(times[0], times[k], strict=True)])
+        b = _timing(times[k], warmup, others_inputs[k - 1], timers[k].device)
+        out.append(Comparison(a=ref, b=b, speedup=q2, speedup_q1=q1, speedup_q3=q3))
+    return out

@@ -37,7 +37,7 @@ from common.config import ConfigError, config_hash, to_dict
 from common.counting import count_params, model_cost
 from common.data import DatasetNotFoundError
 from common.errors import PathNotFoundError
-from common.latency import compare_latency
+from common.latency import compare_latency_many
 from common.parallel import default_workers, map_jobs
 from common.plotting import method_color, method_marker, plt, savefig, style
 from common.results import RULES_MARKDOWN, RunRecord, claims_table, load_record, markdown_table
@@ -753,13 +753,15 @@ def run(cfg: NViTConfig, ctx: RunContext) -> RunRecord:
             s = e["seed"]
             dense = exp.dense(s)  # a cache hit: stage A trained it
             e["methods"] = {}
+            snaps = {label: [dict(snap) for snap in finished[s, label]["snapshots"]] for label, _ in labels}
+            entries = [(label, snap, snap.pop("small_state")) for label, _ in labels for snap in snaps[label]]
+            for (_, snap, _), timed in zip(entries, timed_speedups(exp, ctx, dense, entries, timing_inputs, s, budget),
+                                           strict=True):  # fmt: skip
+                snap |= timed
             for label, _ in labels:
                 run_ = {k: v for k, v in finished[s, label].items() if k != "snapshots"}
                 run_["snapshots"] = []
-                for snap in finished[s, label]["snapshots"]:
-                    snap = dict(snap)
-                    state = snap.pop("small_state")
-                    snap |= timed_speedup(exp, ctx, dense, snap, state, timing_inputs, finished_key=(s, label, budget))
+                for snap in snaps[label]:
                     snap["params_x"] = dense_cost.params / snap["params"]
                     snap["flops_x"] = dense_cost.flops / snap["flops"]
                     if label == NVIT and (s, snap["target"]) in scratch:
@@ -800,7 +802,7 @@ def run(cfg: NViTConfig, ctx: RunContext) -> RunRecord:
         "workers": workers, "workers_wall_s": round(workers_s, 2),
         "job_seconds": {k: round(v, 2) for k, v in job_seconds.items()},
         "timing_protocol": f"timed in the parent process after every worker had finished, {ctx.threads} torch "
-                           f"thread(s), dense and pruned model interleaved, {cfg.latency.timing_repeats} rounds",
+                           f"thread(s), {INTERLEAVING.format(rounds=cfg.latency.timing_repeats)}",
         "scratch_at": [list(x) for x in scratch_at],
         "record_format": FORMAT,
     }  # fmt: skip
@@ -809,10 +811,13 @@ def run(cfg: NViTConfig, ctx: RunContext) -> RunRecord:
         record.extra["data_parallel"] = {"processes": world, "accumulation": cfg.accumulation}
         record.extra["timing_protocol"] = (
             f"timed by rank 0 alone after the other {world - 1} process(es) had finished, {ctx.threads} torch "
-            f"thread(s), dense and pruned model interleaved, {cfg.latency.timing_repeats} rounds"
+            f"thread(s), {INTERLEAVING.format(rounds=cfg.latency.timing_repeats)}"
         )
     fill_record(record)
     return record
+
+
+INTERLEAVING = "each seed's dense model and its pruned models interleaved in the same {rounds} rounds (order rotating)"
 
 
 def dense_dims_model(cfg: NViTConfig) -> FlexViT:
@@ -820,23 +825,28 @@ def dense_dims_model(cfg: NViTConfig) -> FlexViT:
     return FlexViT(dense_dims(cfg)).eval()
 
 
-def timed_speedup(exp: Experiment, ctx: RunContext, dense: FlexViT, snap: dict, state: dict, inputs: torch.Tensor,
-                  finished_key: tuple) -> dict:  # fmt: skip
-    """The measured speedup of one converted model against its dense model (cached per machine kind)."""
+def timed_speedups(exp: Experiment, ctx: RunContext, dense: FlexViT, entries: list[tuple[str, dict, dict]],
+                   inputs: torch.Tensor, seed: int, budget: int) -> list[dict]:  # fmt: skip
+    """The measured speedups of one seed's converted models, ``entries`` = (label, snapshot, weights), against their
+    dense model, all timed in the same interleaved rounds (:func:`common.latency.compare_latency_many`: the dense
+    model once per round for all of them); cached per machine kind."""
     cfg = exp.cfg
-    s, label, budget = finished_key
-    key = {**exp.prune_key(s, label, [snap["target"]]), "budget": budget, "target": snap["target"],
-           "batch": cfg.latency.timing_batch_size, "rounds": cfg.latency.timing_repeats, "threads": ctx.threads,
-           "device": str(ctx.device), "device_name": device_name(ctx.device)}  # fmt: skip
+    key = {"models": [{**exp.prune_key(seed, label, [snap["target"]]), "target": snap["target"]}
+                      for label, snap, _ in entries],
+           "budget": budget, "batch": cfg.latency.timing_batch_size, "rounds": cfg.latency.timing_repeats,
+           "threads": ctx.threads, "device": str(ctx.device), "device_name": device_name(ctx.device),
+           "protocol": "shared rounds"}  # fmt: skip
 
-    def measure() -> dict:
-        small = FlexViT(ViTDims.from_json(snap["dims"]))
-        small.load_state_dict(state)
-        small = small.to(ctx.device).eval()
-        cmp = compare_latency(dense, small, inputs, rounds=cfg.latency.timing_repeats,
-                              warmup=max(1, cfg.latency.timing_repeats // 4))  # fmt: skip
-        return {"speedup": cmp.speedup, "speedup_q1": cmp.speedup_q1, "speedup_q3": cmp.speedup_q3,
-                "dense_ms": 1000 * cmp.a.median_s, "pruned_ms": 1000 * cmp.b.median_s}  # fmt: skip
+    def measure() -> list[dict]:
+        smalls = []
+        for _, snap, state in entries:
+            small = FlexViT(ViTDims.from_json(snap["dims"]))
+            small.load_state_dict(state)
+            smalls.append(small.to(ctx.device).eval())
+        cmps = compare_latency_many(dense, smalls, inputs, rounds=cfg.latency.timing_repeats,
+                                    warmup=max(1, cfg.latency.timing_repeats // 4))  # fmt: skip
+        return [{"speedup": c.speedup, "speedup_q1": c.speedup_q1, "speedup_q3": c.speedup_q3,
+                 "dense_ms": 1000 * c.a.median_s, "pruned_ms": 1000 * c.b.median_s} for c in cmps]  # fmt: skip
 
     return ctx.cache.get_or_create("timing", key, measure)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.latency import compare_latency, measure_latency
+from common.latency import compare_latency, compare_latency_many, measure_latency
 
 
 class Repeat(nn.Module):
@@ -53,6 +53,24 @@ def test_compare_latency_interleaves_and_alternates_order():
     compare_latency(Recorder("a", log), Recorder("b", log), torch.zeros(1), warmup=1, rounds=4)
     warmup, rounds = ["a", "b"], ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert log == [*warmup, *rounds]
+
+
+def test_compare_latency_many_rotates_the_order_and_shares_the_reference_timings():
+    log: list[str] = []
+    ref, b, c = Recorder("r", log), Recorder("b", log), Recorder("c", log)
+    cmps = compare_latency_many(ref, [b, c], torch.zeros(1), warmup=1, rounds=3)
+    warmup, rounds = ["r", "b", "c"], ["r", "b", "c", "b", "c", "r", "c", "r", "b"]
+    assert log == [*warmup, *rounds]
+    assert len(cmps) == 2 and cmps[0].a == cmps[1].a and cmps[0].a.repeats == 3
+
+
+def test_compare_latency_many_measures_each_model_against_the_reference():
+    x = torch.randn(64, 256)
+    slow, fast = compare_latency_many(Repeat(8), [Repeat(4), Repeat(1)], x, warmup=2, rounds=9)
+    assert fast.speedup > slow.speedup > 1.2  # 8/4 and 8/1 the matmuls, shrunk by overheads
+    assert compare_latency_many(Repeat(1), [], x) == []
+    with pytest.raises(ValueError, match="others_inputs has 1 entries for 2 models"):
+        compare_latency_many(Repeat(1), [Repeat(1), Repeat(1)], x, others_inputs=[x])
 
 
 def test_inputs_can_be_tuples_and_dicts():
