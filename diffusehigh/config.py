@@ -333,6 +333,7 @@ def mini() -> DiffuseHighConfig:
         model=BaseModelConfig(prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2"),
         stages=StageConfig(scale_factors=(2.0, 4.0)),
         train=TrainConfig(steps=4000),
+        metrics=MetricsConfig(timing_repeats=8),  # 4 left the cost claim's interval spanning its margin on a re-run
         ablation=AblationConfig(direct_samples=8, jump_factors=(2.0, 4.0, 8.0), jump_samples=8),
     )
 
