@@ -2,8 +2,8 @@
 
 ``python -m diffusehigh train --preset mini`` trains the UNet of a preset and writes it to
 ``diffusehigh/checkpoints/<preset>_unet.safetensors`` with a JSON sidecar (the training key's hash, the command,
-seeds, wall time, threads, sha256). ``reproduce`` uses a committed checkpoint only when the hash of its training
-key equals the current config's; otherwise it trains (cached in the ArtifactCache by the same key).
+seeds, wall time, worker processes, sha256). ``reproduce`` uses a committed checkpoint only when the hash of its
+training key equals the current config's; otherwise it trains (cached in the ArtifactCache by the same key).
 """
 
 from __future__ import annotations
