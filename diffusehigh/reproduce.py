@@ -1054,8 +1054,6 @@ def _train_handler(args: argparse.Namespace) -> int:
     validate_config(cfg)  # a one-line error before minutes of training, not after
     device = runtime.select_device(args.device)
     workers = train_lib.default_train_workers(cfg, device) if args.workers is None else args.workers
-    if args.workers is not None and (workers < 1 or cfg.train.micro_batches % workers):
-        raise UserError(f"--workers must divide train.micro_batches ({cfg.train.micro_batches}), got {workers}")
     command = shlex.join(["python", "-m", "diffusehigh", "train", "--preset", args.preset]
                          + [a for s in args.sets for a in ("--set", s)])  # fmt: skip
     state, summary = train_lib.train_base_model(cfg, device, workers)

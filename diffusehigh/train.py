@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from common import distributed, parallel
-from common.config import to_dict
+from common.config import ConfigError, to_dict
 from common.errors import check_finite
 from common.runtime import ArtifactCache, key_hash, progress
 
@@ -71,7 +71,7 @@ def default_train_workers(cfg: DiffuseHighConfig, device: torch.device) -> int:
     tc = cfg.train
     if device.type != "cpu" or distributed.world_size() > 1 or tc.steps < MIN_STEPS_FOR_WORKERS:
         return 1
-    workers = min(parallel.default_workers(), tc.micro_batches)
+    workers = max(1, min(parallel.default_workers(), tc.micro_batches))  # a bad micro_batches: train_base_model says
     while tc.micro_batches % workers:
         workers -= 1
     return workers
@@ -97,9 +97,9 @@ def train_base_model(
     if tc.steps < 1:
         raise ValueError("train.steps must be >= 1 to train the pixel model")
     if tc.micro_batches < 1 or tc.batch_size % tc.micro_batches:
-        raise ValueError(f"train.batch_size {tc.batch_size} must be a multiple of micro_batches {tc.micro_batches}")
+        raise ConfigError(f"train.batch_size {tc.batch_size} must be a multiple of micro_batches {tc.micro_batches}")
     if workers < 1 or tc.micro_batches % workers:
-        raise ValueError(f"workers must divide train.micro_batches ({tc.micro_batches}), got {workers}")
+        raise ConfigError(f"workers must divide train.micro_batches ({tc.micro_batches}), got {workers}")
     start = time.perf_counter()
     if device.type != "cpu":
         state, summary = _train(cfg, str(device))

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from diffusehigh import config
+from common.cli import main
+from diffusehigh import config, reproduce
 from diffusehigh import train as train_lib
 
 pytestmark = pytest.mark.kernel_independent  # bitwise equality of two runs on one machine holds on any kernels
@@ -36,6 +37,14 @@ def test_micro_batches_are_checked():
         train_lib.train_base_model(tiny(micro_batches=3), torch.device("cpu"))
     with pytest.raises(ValueError, match="workers must divide"):
         train_lib.train_base_model(tiny(micro_batches=2), torch.device("cpu"), workers=3)
+
+
+def test_train_command_refuses_a_worker_count_that_does_not_divide_the_micro_batches(capsys):
+    argv = ["train", "--preset", "smoke", "--workers", "3"]
+    code = main("diffusehigh", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv,
+                commands={"train": reproduce.TRAIN_COMMAND})  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "workers must divide train.micro_batches (2), got 3" in err, err
 
 
 def test_short_trainings_run_in_this_process():
