@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from . import distributed, errors, replication, runtime
+from . import distributed, errors, replication, resume, runtime
 from .config import ConfigError, Preset, config_hash, describe, get_preset, override, to_dict
 from .results import (
     RECORD_FILE,
@@ -248,6 +248,12 @@ def _build_parser(
         default=None,
         help="torch CPU threads (default: all cores; capped by a preset's max_threads, as in nvit)",
     )
+    rep.add_argument(
+        "--save-every", type=int, default=None, metavar="EPOCHS",
+        help="save a running training loop's state every EPOCHS epochs, so a killed run continues from there when "
+             "started again (default: 1 for the paper preset, 0 = never for the others, which take minutes; or "
+             f"${resume.SAVE_EVERY_ENV})",
+    )  # fmt: skip
     rep.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
     rpt = sub.add_parser("report", help="re-render tables, figures and the README block from saved records")
@@ -358,6 +364,11 @@ def _dispatch(
         return 0
 
     runtime.enable_offline_mode()
+    if args.save_every is not None and args.save_every < 0:
+        parser.error(f"--save-every must be 0 (never) or a number of epochs, got {args.save_every}")
+    save_every = args.save_every
+    if save_every is None:  # a malformed $PRUNE_REPRO_SAVE_EVERY is a user error now, not hours into the run
+        save_every = resume.save_every() if resume.SAVE_EVERY_ENV in os.environ else int(args.preset == "paper")
     world = distributed.world_size()
     if world > 1 and not supports_distributed:
         raise errors.UserError(
@@ -384,7 +395,8 @@ def _dispatch(
     )
     log.info("%s preset %s (config %s) on %s, %d threads", paper, args.preset, config_hash(cfg), device, threads)
     try:
-        record = run(cfg, ctx)
+        with resume.saving_every(save_every):
+            record = run(cfg, ctx)
     except errors.TrainingDivergedError as err:
         raise errors.TrainingDivergedError(
             f"{err} [preset {args.preset}, config {config_hash(cfg)}: {ctx.command}]"

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -166,6 +167,14 @@ class ArtifactCache:
     def path(self, tag: str, key: Any) -> Path:
         return self.dir / f"{tag}-{key_hash(key)}.pt"
 
+    def resume_slot(self, tag: str, key: Any, clear: bool = False) -> contextlib.AbstractContextManager[Path]:
+        """A :func:`common.resume.slot` beside the entry: training loops run inside save their state there, so a
+        run killed while creating the entry resumes from the last saved epoch; :meth:`save` deletes it (``clear``:
+        the block's end does, for work that is not stored as an entry of its own)."""
+        from .resume import slot
+
+        return slot(self.dir / f"{tag}-{key_hash(key)}.resume", clear=clear)
+
     def __contains__(self, item: tuple[str, Any]) -> bool:
         """Whether a sound entry exists; a corrupt one is reported, deleted and so counts as missing."""
         tag, key = item
@@ -219,6 +228,7 @@ class ArtifactCache:
         torch.save(value, buffer)
         path = self.path(tag, key)
         self._write(path, buffer.getbuffer())
+        shutil.rmtree(path.with_suffix(".resume"), ignore_errors=True)  # a saved training state is done with
         return path
 
     def get_or_create(self, tag: str, key: Any, create: Callable[[], T]) -> T:
@@ -237,7 +247,8 @@ class ArtifactCache:
         else:
             _log.info("cache: loaded %s", path.name)
             return value
-        value = create()
+        with self.resume_slot(tag, key):
+            value = create()
         self.save(tag, key, value)
         _log.info("cache: computed %s", path.name)
         return value

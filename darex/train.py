@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common import resume
 from common.errors import check_finite
 from common.runtime import progress
 
@@ -37,6 +38,11 @@ def finetune(model: nn.Module, train: Encoded, spec: FinetuneSpec, pad_id: int, 
 
     A NaN or infinite loss raises :class:`common.errors.TrainingDivergedError` naming ``where`` (default: the
     ``desc``, optimiser and seed) and the step.
+
+    Inside a cached stage (:meth:`common.runtime.ArtifactCache.resume_slot`) the model, optimizer, schedule and
+    random generators (dropout) are saved every ``$PRUNE_REPRO_SAVE_EVERY`` epochs of the training data, and a
+    re-run continues from the last save (:mod:`common.resume`): each epoch's batches depend only on the seed and
+    the epoch, so it computes what an uninterrupted run does.
     """
     where = where or f"darex {desc} ({spec.optimizer}, lr {spec.lr:g}), seed {spec.seed}"
     torch.manual_seed(spec.seed)
@@ -58,15 +64,17 @@ def finetune(model: nn.Module, train: Encoded, spec: FinetuneSpec, pad_id: int, 
     )
     device = next(model.parameters()).device
     model.train()
+    epoch_steps = math.ceil(len(train) / spec.batch_size)  # batches() keeps the last, partial batch
+    saved = resume.checkpoint("finetune", model, optimizer, schedule)  # inside a cached stage: resumable
+    start = saved.restore() * epoch_steps
 
-    def endless() -> Iterable[dict]:
-        epoch = 0
+    def endless(epoch: int) -> Iterable[dict]:
         while True:
             yield from batches(train, spec.batch_size, pad_id, shuffle=True, seed=spec.seed * 1000 + epoch)
             epoch += 1
 
-    stream = iter(endless())
-    for step in progress(range(spec.steps), desc=desc):
+    stream = iter(endless(start // epoch_steps))
+    for step in progress(range(start, spec.steps), desc=desc, initial=start, total=spec.steps):
         batch = {k: v.to(device) for k, v in next(stream).items()}
         loss = model(**batch).loss
         check_finite(loss, step=step, where=where)
@@ -74,6 +82,8 @@ def finetune(model: nn.Module, train: Encoded, spec: FinetuneSpec, pad_id: int, 
         loss.backward()
         optimizer.step()
         schedule.step()
+        if (step + 1) % epoch_steps == 0:
+            saved.epoch_done((step + 1) // epoch_steps - 1, last=step + 1 == spec.steps)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)

@@ -238,6 +238,12 @@ class MaskSparsityConfig:
     )
     arms: ArmsConfig = param(ArmsConfig(), "which arms run")
     amp: bool = param(False, "bfloat16 autocast on CUDA (the γ sub-gradient stays fp32); the official code used fp32")
+    accumulation: int = param(
+        1,
+        "gradient accumulation: each process's share of every training batch is split into this many micro-batches "
+        "(one optimizer step per batch), so the official batch of 256 fits fewer or smaller GPUs; BatchNorm then "
+        "uses the statistics of each global micro-batch (batch / accumulation images)",
+    )
 
 
 FINETUNE_SCRIPT = Schedule(epochs=100, lr=5e-4, lr_steps=(30, 60, 90), precise_bn_images=8192)

@@ -33,7 +33,7 @@ from torch import nn
 
 from common import distributed as dist
 from common.cli import RunContext, default_report
-from common.config import to_dict
+from common.config import config_hash, to_dict
 from common.counting import count_params, model_cost
 from common.latency import compare_latency
 from common.parallel import default_workers, map_jobs
@@ -129,7 +129,8 @@ def cached(cache: ArtifactCache, tag: str, key: dict, create):
         return cache.get_or_create(tag, key, create)
     if dist.broadcast_object((tag, key) in cache if dist.is_main() else None):
         return cache.load(tag, key)
-    value = create()
+    with cache.resume_slot(tag, key):  # a killed run continues its training loop (common.resume)
+        value = create()
     if dist.is_main():
         cache.save(tag, key, value)
     dist.barrier()
@@ -142,6 +143,8 @@ class Runner:
         self.base_key = {"format": TRAIN_FORMAT, "data": to_dict(cfg.data), "model": to_dict(cfg.model), "seed": seed}
         if cfg.amp:  # bf16 autocast trains other weights (the key of fp32 runs stays as it was)
             self.base_key["amp"] = True
+        if cfg.accumulation != 1:  # BN over micro-batches trains other weights
+            self.base_key["accumulation"] = cfg.accumulation
         self._states: dict[str, dict] = {}
         self.dense_official: OfficialMacs | None = None
         """The baseline's MACs in the official counter's convention (with prune.flops_counter=official)."""
@@ -169,10 +172,17 @@ class Runner:
             model.load_state_dict(self._states[name])
         return model
 
+    def resumable(self, tag: str, key: dict):
+        """A resume slot (:mod:`common.resume`) for training that is not cached on its own (a pruned arm's
+        fine-tune): keyed by the whole config and this seed, deleted when the block ends without an error."""
+        full_key = {**self.base_key, "config": config_hash(self.cfg), **key}
+        return self.ctx.cache.resume_slot(tag, full_key, clear=True)
+
     def baseline(self) -> nn.Module:
         return self.trained("baseline", {"train": to_dict(self.cfg.train)}, lambda: train_phase(
             self.new_model(), self.data, self.cfg.train, self.seed, amp=self.cfg.amp, desc="baseline",
-            where=f"masksparsity baseline training, seed {self.seed}"), "dense training")  # fmt: skip
+            where=f"masksparsity baseline training, seed {self.seed}", accumulation=self.cfg.accumulation),
+            "dense training")  # fmt: skip
 
     def sparsity_key(self) -> dict:
         return {"train": to_dict(self.cfg.train), "sparsity": to_dict(self.cfg.sparsity.schedule)}
@@ -185,7 +195,8 @@ class Runner:
             scope = None if sp.slimming_scope == "all_bn" else spec
             reg = slimming_regularizer(model, lam, sp.norm, scope)
             return train_phase(model, self.data, sp.schedule, self.seed + 1, reg, self.cfg.amp, f"slimming {lam:g}",
-                               where=f"masksparsity slimming training (λ={lam:g}), seed {self.seed}")  # fmt: skip
+                               where=f"masksparsity slimming training (λ={lam:g}), seed {self.seed}",
+                               accumulation=self.cfg.accumulation)  # fmt: skip
 
         key = {**self.sparsity_key(), "lam": lam, "norm": sp.norm, "scope": sp.slimming_scope}
         return self.trained("slimming", key, create, "sparsity training")
@@ -198,7 +209,8 @@ class Runner:
             model.load_state_dict(start.state_dict())
             reg = masksparsity_regularizer(model, spec, mask, sp.masksparsity_lambda, sp.norm, sp.regularize_beta)
             return train_phase(model, self.data, sp.schedule, self.seed + 1, reg, self.cfg.amp, "masksparsity",
-                               where=f"masksparsity MaskSparsity training, seed {self.seed}")  # fmt: skip
+                               where=f"masksparsity MaskSparsity training, seed {self.seed}",
+                               accumulation=self.cfg.accumulation)  # fmt: skip
 
         key = {**self.sparsity_key(), "lam": sp.masksparsity_lambda, "norm": sp.norm, "beta": sp.regularize_beta,
                "start": start_key, "mask": {k: v.int().tolist() for k, v in mask.items()}}  # fmt: skip
@@ -208,7 +220,8 @@ class Runner:
         def create() -> nn.Module:
             return train_phase(self.baseline(), self.data, self.cfg.sparsity.schedule, self.seed + 1, None,
                                self.cfg.amp, "control",
-                               where=f"masksparsity no-regularisation control training, seed {self.seed}")  # fmt: skip
+                               where=f"masksparsity no-regularisation control training, seed {self.seed}",
+                               accumulation=self.cfg.accumulation)  # fmt: skip
 
         return self.trained("control", self.sparsity_key(), create, "controls")
 
@@ -220,7 +233,8 @@ class Runner:
             seed_everything(self.seed + 3)
             return train_phase(self.control(), self.data, self.cfg.finetune, self.seed + 2, None, self.cfg.amp,
                                "dense reference",
-                               where=f"masksparsity dense reference, seed {self.seed}")  # fmt: skip
+                               where=f"masksparsity dense reference, seed {self.seed}",
+                               accumulation=self.cfg.accumulation)  # fmt: skip
 
         key = {**self.sparsity_key(), "finetune": to_dict(self.cfg.finetune)}
         return self.trained("dense_reference", key, create, "controls")
@@ -363,7 +377,9 @@ def _prune_and_finetune(cfg, runner: Runner, spec, mask, model, label, op, dense
     with phase("fine-tuning"):
         seed_everything(runner.seed + 3)
         where = f"masksparsity fine-tune of the pruned {label} ({op}), seed {runner.seed}"
-        tuned = train_phase(raw, data, cfg.finetune, runner.seed + 2, None, cfg.amp, f"finetune {label}", where=where)
+        with runner.resumable("finetune", {"arm": label, "op": op}):  # not cached on its own, but resumable
+            tuned = train_phase(raw, data, cfg.finetune, runner.seed + 2, None, cfg.amp, f"finetune {label}",
+                                where=where, accumulation=cfg.accumulation)  # fmt: skip
     with phase("evaluation"):
         res["ft"] = evaluate(tuned, data, "test")[1]
         if data.has("val"):
@@ -385,8 +401,10 @@ def _scratch(cfg, runner: Runner, spec, mask, dense_cost, op) -> dict[str, float
     model = prune(runner.new_model(), spec, mask)
     epochs = cfg.train.epochs + cfg.sparsity.schedule.epochs + cfg.finetune.epochs
     schedule = dataclasses.replace(cfg.train, epochs=epochs)
-    tuned = train_phase(model, runner.data, schedule, runner.seed + 4, None, cfg.amp, "scratch",
-                        where=f"masksparsity scratch training ({op}), seed {runner.seed}")  # fmt: skip
+    with runner.resumable("scratch", {"op": op}):
+        tuned = train_phase(model, runner.data, schedule, runner.seed + 4, None, cfg.amp, "scratch",
+                            where=f"masksparsity scratch training ({op}), seed {runner.seed}",
+                            accumulation=cfg.accumulation)  # fmt: skip
     with runner.ctx.phase("evaluation"):
         pruned_cost = model_cost(tuned.eval(), runner.data.example())
         res = {"ft": evaluate(tuned, runner.data)[1],

@@ -30,6 +30,7 @@ from torch import nn
 
 from common import data as cdata
 from common import distributed as dist
+from common import resume
 from common.errors import UserError, check_finite
 from common.runtime import generator, progress
 
@@ -329,6 +330,7 @@ def train_phase(
     amp: bool = False,
     desc: str = "train",
     where: str | None = None,
+    accumulation: int = 1,
 ) -> nn.Module:
     """SGD (Nesterov) over ``schedule``; ``regularizer(epoch_lr)`` adds the γ sub-gradient before each step (the
     learning rate at the start of the epoch, which the official smoothL1 threshold uses; L1/L2 ignore it). In a
@@ -336,6 +338,17 @@ def train_phase(
 
     A NaN or infinite loss raises :class:`common.errors.TrainingDivergedError` naming ``where`` (default:
     ``desc``) and the step (on every process: the loss checked is the global batch's).
+
+    ``accumulation``: each process's share of a batch is split into this many equal micro-batches, each forward and
+    backward on its own, the gradients summed (each micro-batch's loss weighted 1/accumulation, DDP's all-reduce
+    only after the last) before the one optimizer step: the official global batch on fewer or smaller GPUs.
+    BatchNorm then normalises with the statistics of the *global micro-batch* (micro-batch m of every process),
+    so a run's result depends on the batch and the accumulation, not on the number of processes.
+
+    Inside a cached stage (:meth:`common.runtime.ArtifactCache.resume_slot`) the model and optimizer are saved every
+    ``$PRUNE_REPRO_SAVE_EVERY`` epochs and a re-run continues from the last save (:mod:`common.resume`); each
+    epoch's batches, augmentations and precise-BN images depend only on ``seed`` and the epoch, so the resumed
+    run computes what an uninterrupted one does.
     """
     model.to(data.device).train()
     net = _data_parallel(model, data.device)
@@ -344,25 +357,39 @@ def train_phase(
                           weight_decay=schedule.weight_decay)  # fmt: skip
     steps = max(data.n_train() // schedule.batch_size, 1)
     use_amp = amp and data.device.type == "cuda"
+    saved = resume.checkpoint("train_phase", model, opt)  # inside a cached stage: resumable (common.resume)
+    start = saved.restore()
     with global_batch_norm(model):
-        for epoch in progress(range(schedule.epochs), desc=desc, leave=False):
+        for epoch in progress(range(start, schedule.epochs), desc=desc, leave=False, initial=start,
+                              total=schedule.epochs):  # fmt: skip
             epoch_lr = lr_at(schedule, epoch)
             for i, (x, y) in enumerate(data.train_batches(schedule.batch_size, seed * 100_003 + epoch)):
                 lr = lr_at(schedule, epoch + i / steps)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = F.cross_entropy(net(x), y)
-                check_finite(loss if net is model else dist.all_reduce(loss.detach().float(), op="mean"),
-                             step=epoch * steps + i, where=where or desc)  # fmt: skip
+                if len(x) % accumulation:
+                    raise UserError(
+                        f"a share of {len(x)} images per process cannot be split into {accumulation} "
+                        "equal micro-batches; choose an accumulation that divides batch_size / NPROC"
+                    )
                 opt.zero_grad(set_to_none=True)
-                loss.backward()  # data parallel: the gradients are averaged over the processes here
+                loss = torch.zeros((), device=data.device)
+                for m, (xm, ym) in enumerate(zip(x.chunk(accumulation), y.chunk(accumulation), strict=True)):
+                    last = m == accumulation - 1  # DDP averages the summed gradients over the processes here
+                    with contextlib.nullcontext() if last or net is model else net.no_sync():
+                        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                            part = F.cross_entropy(net(xm), ym)
+                        (part if accumulation == 1 else part / accumulation).backward()
+                    loss = loss + part.detach().float() / accumulation
+                check_finite(loss if net is model else dist.all_reduce(loss, op="mean"),
+                             step=epoch * steps + i, where=where or desc)  # fmt: skip
                 if regularizer is not None:
                     regularizer(epoch_lr)
                 opt.step()
             if schedule.precise_bn_images:
                 recalibrate_bn(model, calibration_batches(data, schedule.precise_bn_images, seed + epoch))
                 model.train()
+            saved.epoch_done(epoch, last=epoch == schedule.epochs - 1)
     return model
 
 

@@ -52,6 +52,7 @@ from .method import STRUCTURES, SaliencyAccumulator, layer_mask
 from .models import FlexViT, ViTDims, count_dims_params, from_timm, scale_revit_to, set_drop_path, to_dense
 from .prune import PruneSettings, prune
 from .train import (
+    BatchStream,
     Data,
     batches,
     batches_per_epoch,
@@ -109,7 +110,8 @@ def cached(cache: ArtifactCache, tag: str, key: Any, create):
     hit = distributed.broadcast_object(((tag, key) in cache) if distributed.is_main() else None)
     if hit:
         return cache.load(tag, key)
-    value = create()
+    with cache.resume_slot(tag, key):  # a killed run continues its training loop (common.resume)
+        value = create()
     if distributed.is_main():
         cache.save(tag, key, value)
     return value
@@ -526,7 +528,8 @@ class Experiment:
                     from timm.utils import ModelEmaV2
 
                     ema = ModelEmaV2(small, decay=cfg.finetune.model_ema_decay)
-                stream = batches(self.kd_train_set(seed), cfg.finetune.batch_size, seed + 1000, **self.stream_extras)
+                stream = BatchStream(self.kd_train_set(seed), cfg.finetune.batch_size, seed + 1000,
+                                     **self.stream_extras)  # fmt: skip
                 train_steps(small, stream, ft_steps, lr=lr, weight_decay=cfg.finetune.weight_decay,
                             device=self.device, teacher=dense, kl_coeff=cfg.kd.finetune_kl_coeff,
                             tau=cfg.kd.finetune_tau, kd=cfg.kd, desc=f"fine-tune {label}", cnn_teacher=self.cnn_teacher,
@@ -583,7 +586,7 @@ class Experiment:
                                 **self.train_extras)  # fmt: skip
                 lr = cfg.finetune.lr * (cfg.finetune.batch_size / 512 if cfg.finetune.scale_lr_by_batch else 1.0)
                 set_drop_path(model, cfg.finetune.drop_path)
-                stream = batches(train, cfg.finetune.batch_size, seed + 6000, **self.stream_extras)
+                stream = BatchStream(train, cfg.finetune.batch_size, seed + 6000, **self.stream_extras)
                 train_steps(model, stream, kd_steps, lr=lr,
                             weight_decay=cfg.finetune.weight_decay, device=self.device, teacher=dense,
                             kl_coeff=cfg.kd.finetune_kl_coeff, tau=cfg.kd.finetune_tau, kd=cfg.kd, desc="scratch",

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from common import data as cdata
-from common import distributed
+from common import distributed, resume
 from common.errors import check_finite
 from common.runtime import generator, progress
 
@@ -98,8 +98,10 @@ def batches(
     num_workers: int = 0,
     repeated_augmentation: bool = False,
     shard: tuple[int, int] | None = None,
+    start_epoch: int = 0,
 ) -> Iterator[tuple]:
     """An endless stream of shuffled batches (a new seeded order each epoch); drops the last partial batch.
+    ``start_epoch``: begin with that epoch's order (a resumed run, :class:`BatchStream`).
 
     An in-memory :class:`TensorDataset` is sliced directly, in exactly the order ``common.data.loader`` gives
     (the same permutation of the same seeded generator, after the one draw the DataLoader's iterator takes for
@@ -113,9 +115,10 @@ def batches(
     """
     rank, world = shard if shard is not None else (distributed.rank(), distributed.world_size())
     if world > 1 or repeated_augmentation:
-        yield from _sharded_batches(dataset, batch_size, seed, rank, world, num_workers, repeated_augmentation)
+        yield from _sharded_batches(dataset, batch_size, seed, rank, world, num_workers, repeated_augmentation,
+                                    start_epoch)  # fmt: skip
         return
-    epoch = 0
+    epoch = start_epoch
     if isinstance(dataset, TensorDataset) and num_workers == 0:
         tensors, n = dataset.tensors, len(dataset)
         while True:
@@ -133,6 +136,33 @@ def batches(
         epoch += 1
 
 
+@dataclass(frozen=True)
+class BatchStream:
+    """The :func:`batches` stream of ``dataset``, restartable at an epoch, so that :func:`train_steps` can resume a
+    killed run from its last saved epoch (:mod:`common.resume`). Iterating it starts at epoch 0."""
+
+    dataset: Dataset
+    batch_size: int
+    seed: int
+    num_workers: int = 0
+    repeated_augmentation: bool = False
+
+    def __call__(self, start_epoch: int = 0) -> Iterator[tuple]:
+        return batches(self.dataset, self.batch_size, self.seed, num_workers=self.num_workers,
+                       repeated_augmentation=self.repeated_augmentation, start_epoch=start_epoch)  # fmt: skip
+
+    def __iter__(self) -> Iterator[tuple]:
+        return self()
+
+    @property
+    def epoch_steps(self) -> int:
+        """Batches per epoch (the length of one :func:`epoch_order`, cut to whole batches)."""
+        n = len(self.dataset)
+        if self.repeated_augmentation:
+            n = min(n * RA_REPEATS, (n // 256) * 256 if n >= 256 else n)
+        return n // self.batch_size
+
+
 def local_batch_size(batch_size: int, world: int) -> int:
     if batch_size % world:
         raise ValueError(
@@ -142,10 +172,11 @@ def local_batch_size(batch_size: int, world: int) -> int:
     return batch_size // world
 
 
-def _sharded_batches(dataset, batch_size, seed, rank, world, num_workers, repeated_augmentation) -> Iterator[tuple]:
+def _sharded_batches(dataset, batch_size, seed, rank, world, num_workers, repeated_augmentation,
+                     start_epoch=0) -> Iterator[tuple]:  # fmt: skip
     """:func:`batches` for P processes or with repeated augmentation: this process's rows of each global batch."""
     local = local_batch_size(batch_size, world)
-    n, epoch = len(dataset), 0
+    n, epoch = len(dataset), start_epoch
     while True:
         order = epoch_order(n, seed, epoch, repeated_augmentation=repeated_augmentation)
         steps = len(order) // batch_size
@@ -352,7 +383,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
 
 def train_steps(
     model: FlexViT,
-    stream: Iterator[tuple],
+    stream: Iterator[tuple] | BatchStream,
     steps: int,
     *,
     lr: float,
@@ -383,11 +414,22 @@ def train_steps(
     ``kl_per_head``: see :func:`kd_objective`. Data parallel: ``stream`` yields this process's share of each global
     batch (:func:`batches`) and the gradients are averaged over the processes before each step
     (:func:`backward_accumulated`, which also splits a batch into ``accumulation`` micro-batches).
+
+    Resuming: with a :class:`BatchStream` inside a cached stage (:meth:`common.runtime.ArtifactCache.resume_slot`),
+    the model, optimizer, EMA, losses and random generators are saved every ``$PRUNE_REPRO_SAVE_EVERY`` epochs of
+    the stream, and a re-run continues from the last save (:mod:`common.resume`) with what an uninterrupted run
+    computes (the learning rate is a function of the step; the stream restarts at the saved epoch).
     """
     kd = kd or KDConfig()
     model.train()
     opt = make_optimizer(model, lr, weight_decay)
-    losses = []
+    losses = _Losses()
+    start = 0
+    saved = resume.checkpoint("train_steps", *(o for o in (model, opt, ema, losses) if o is not None))
+    epoch_steps = stream.epoch_steps if isinstance(stream, BatchStream) else 0
+    if epoch_steps:
+        start = saved.restore() * epoch_steps
+    stream = stream(start // epoch_steps) if epoch_steps else stream
 
     def loss_fn(x, y, t_logits):
         with autocast(device, amp):
@@ -395,7 +437,7 @@ def train_steps(
                                 cnn_teacher=cnn_teacher, label_smoothing=label_smoothing,
                                 teacher_logits=t_logits, kl_per_head=kl_per_head)  # fmt: skip
 
-    for step in progress(range(steps), desc=desc, leave=False):
+    for step in progress(range(start, steps), desc=desc, leave=False, initial=start, total=steps):
         x, y, t_logits = unpack(next(stream), device)
         if mixup is not None:
             if t_logits is not None:
@@ -410,8 +452,23 @@ def train_steps(
         model.apply_masks_()
         if ema is not None:
             ema.update(model)
-        losses.append(value)
-    return losses
+        losses.values.append(value)
+        if epoch_steps and (step + 1) % epoch_steps == 0:
+            saved.epoch_done((step + 1) // epoch_steps - 1, last=step + 1 == steps)
+    return losses.values
+
+
+class _Losses:
+    """The losses of a :func:`train_steps` run, saved with its state."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {"values": list(self.values)}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.values = list(state["values"])
 
 
 def unpack(batch: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -427,8 +484,8 @@ def train_dense(
 ) -> list[float]:  # fmt: skip
     """Train the dense ViT from scratch: AdamW, cosine to 0, label smoothing (CPU recipe, notes §5.2)."""
     steps = cfg.epochs * batches_per_epoch(data, cfg.batch_size)
-    stream = batches(data.train, cfg.batch_size, seed, num_workers=num_workers,
-                     repeated_augmentation=repeated_augmentation)  # fmt: skip
+    stream = BatchStream(data.train, cfg.batch_size, seed, num_workers=num_workers,
+                         repeated_augmentation=repeated_augmentation)  # fmt: skip
     kwargs.setdefault("where", f"nvit dense training, seed {seed}")
     return train_steps(model, stream, steps, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device,
                        label_smoothing=cfg.label_smoothing, warmup=min(steps // 10, 200), desc="dense",

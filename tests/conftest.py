@@ -81,3 +81,26 @@ def tmp_results(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNE_REPRO_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("PRUNE_REPRO_CACHE", str(tmp_path / "cache"))
     return tmp_path / "results"
+
+
+class Killed(Exception):
+    """Stands for the kill of a pre-empted job (``kill_after``)."""
+
+
+@pytest.fixture
+def kill_after(monkeypatch):
+    """``kill_after(k)``: from now on an active :class:`common.resume.Checkpoint` raises :class:`Killed` right after
+    saving epoch ``k`` (0-based), as a job killed then would stop; ``kill_after(-1)`` disarms it."""
+    from common import resume
+
+    original = resume.Checkpoint.epoch_done
+
+    def arm(k: int) -> None:
+        def epoch_done(self, epoch, last=False):
+            original(self, epoch, last)
+            if self.active and epoch == k:
+                raise Killed
+
+        monkeypatch.setattr(resume.Checkpoint, "epoch_done", epoch_done)
+
+    return arm

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
 
-from common.cli import main, report_all
+from common.cli import NotImplementedYet, main, report_all
 from common.results import load_record, read_block
 from common.runtime import REPO_ROOT
 from darex import config, prune_cli, reproduce
@@ -142,3 +143,27 @@ def test_synthetic_experiment(tmp_path):
     assert sum(phases.values()) <= record.provenance["wall_time_s"] + 0.05
     assert set(record.extra["job_phases_s"]) == {"pre-training", "fine-tuning", "data", "evaluation",
                                                  "deltas and pruning", "q search"}  # fmt: skip
+
+
+@pytest.mark.kernel_independent
+def test_save_every_reaches_the_run_and_is_restored(monkeypatch, tmp_path, capsys):
+    """--save-every sets the epochs between saves for the run (its worker processes read it from the environment),
+    the paper preset saves every epoch by default and the others never, the setting ends with the run, and a
+    negative value is refused by the parser."""
+    from common import resume
+
+    seen = []
+
+    def fake_run(cfg, ctx):
+        seen.append(resume.save_every())
+        raise NotImplementedYet("stop here")
+
+    monkeypatch.delenv(resume.SAVE_EVERY_ENV, raising=False)
+    for argv, expected in ((["--preset", "smoke"], 0), (["--preset", "paper"], 1),
+                           (["--preset", "smoke", "--save-every", "3"], 3)):  # fmt: skip
+        main("darex", presets=config.PRESETS, run=fake_run,
+             argv=["reproduce", *argv, "--no-readme", "--results-dir", str(tmp_path)])  # fmt: skip
+        assert seen[-1] == expected and resume.SAVE_EVERY_ENV not in os.environ
+    with pytest.raises(SystemExit):
+        main("darex", presets=config.PRESETS, run=fake_run, argv=["reproduce", "--save-every", "-1"])
+    assert "--save-every" in capsys.readouterr().err

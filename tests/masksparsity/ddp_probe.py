@@ -1,6 +1,7 @@
 """A small data-parallel MaskSparsity pipeline, run in one process or under ``python -m common.launch --nproc 2``.
 
-``python -m common.launch --nproc 2 -m tests.masksparsity.ddp_probe`` prints ``MS_PROBE {json}`` from process 0;
+``python -m common.launch --nproc 2 -m tests.masksparsity.ddp_probe`` prints ``MS_PROBE {json}`` from process 0
+(``MS_PROBE_ACCUMULATION=k``: with gradient accumulation);
 :func:`probe` in the test process gives the one-process values to compare with
 (tests/masksparsity/test_distributed.py). Smoke-sized: a width-4 ResNet-8 on 256 Fashion-MNIST images, in float64
 (in float32 a mere change of summation order, e.g. the BN formula, already moves γ by ~1e-4 relative in 8 steps;
@@ -21,9 +22,9 @@ from masksparsity.models import build_model
 from masksparsity.train import Data, evaluate, precise_bn, train_phase
 
 
-def probe() -> dict:
-    """MaskSparsity training (DDP when launched: batch shares, global BN, precise BN), then a mask from the trained
-    γ, pruning, BN re-estimation and evaluation; what process 0 reports."""
+def probe(accumulation: int = 1) -> dict:
+    """MaskSparsity training (DDP when launched: batch shares, global BN, precise BN; ``accumulation`` micro-batches
+    per batch), then a mask from the trained γ, pruning, BN re-estimation and evaluation; what process 0 reports."""
     cfg = config.smoke()
     device = dist.device() if dist.world_size() > 1 else torch.device("cpu")
     data = Data(cfg.data, device)
@@ -40,7 +41,7 @@ def probe() -> dict:
     schedule = config.Schedule(epochs=2, batch_size=64, lr=0.05, lr_schedule="cosine", lr_steps=(),
                                precise_bn_images=128)  # fmt: skip
     reg = M.masksparsity_regularizer(model, spec, mask, 0.05)
-    train_phase(model, data, schedule, seed=0, regularizer=reg, desc="probe")
+    train_phase(model, data, schedule, seed=0, regularizer=reg, desc="probe", accumulation=accumulation)
     loss, acc = evaluate(model, data, "test")
     cost = M.MacModel(model, spec, data.example().double())
     new_mask = M.global_mask_for_reduction(model, spec, cost, 0.5)
@@ -61,7 +62,7 @@ def probe() -> dict:
 
 
 if __name__ == "__main__":
-    out = probe()
+    out = probe(int(os.environ.get("MS_PROBE_ACCUMULATION", "1")))
     if dist.is_main():  # one write(2): the ranks share the pipe
         os.write(1, ("MS_PROBE " + json.dumps(out) + "\n").encode())
     if dist.world_size() > 1:

@@ -99,10 +99,13 @@ def test_in_memory_train_batches_are_shares_of_the_one_process_batch(monkeypatch
 
 
 @pytest.mark.e2e
-def test_two_processes_train_mask_and_prune_like_one():
-    out = launch(["tests.masksparsity.ddp_probe"], timeout=900)
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_two_processes_train_mask_and_prune_like_one(accumulation):
+    """With accumulation too: micro-batch m of each process is its share of the global micro-batch m, whose BN
+    statistics the processes share, so 2 processes compute what 1 does with the same batch and accumulation."""
+    out = launch(["tests.masksparsity.ddp_probe"], {"MS_PROBE_ACCUMULATION": str(accumulation)}, timeout=900)
     two = json.JSONDecoder().raw_decode(out.stdout.split("MS_PROBE ", 1)[1])[0]
-    one = ddp_probe.probe()
+    one = ddp_probe.probe(accumulation)
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert two["mask"] == one["mask"]  # the same channels chosen from the trained γ
     # float64, 8 SGD steps + precise BN: summation order only (~1e-16 per operation, grown ~1e4x by the steps)
@@ -152,3 +155,30 @@ def test_smoke_in_two_processes_equals_one_process(tmp_path):
         if key[2] in (claims.FLOPS, claims.PARAMS, claims.MASKED_SMALL):
             tol = 1e-9  # same masks: same architectures
         assert abs(a.mean - b.mean) <= tol, (key, a.mean, b.mean)
+
+
+@pytest.mark.kernel_independent  # both runs use the same kernels
+def test_a_killed_data_parallel_training_resumes_to_the_uninterrupted_result(tmp_path):
+    """Two processes train inside a resume slot; killed right after saving epoch 1 (both exit at once, as a pre-empted
+    job does), the same launch again trains only the third epoch and ends with the uninterrupted run's weights, bit
+    for bit: rank 0 saved the model and optimizer, every rank its random generators (common.resume)."""
+
+    def run(slot, *kill) -> dict | None:
+        env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "common.launch", "--nproc", "2", "-m", "tests.masksparsity.resume_probe",
+               str(slot), *kill]  # fmt: skip
+        out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        if kill:
+            assert out.returncode != 0, "the killed launch exits with an error"
+            return None
+        assert out.returncode == 0, out.stderr[-4000:]
+        line = next(x for x in out.stdout.splitlines() if x.startswith("MS_RESUME "))
+        return json.loads(line.split(" ", 1)[1])
+
+    reference = run(tmp_path / "uninterrupted")
+    assert reference["world_size"] == 2 and len(reference["lrs"]) == 3
+    run(tmp_path / "killed", "1")
+    assert (tmp_path / "killed" / "train_phase" / "state" / "random_states_1.pkl").is_file()
+    resumed = run(tmp_path / "killed")
+    assert resumed["lrs"] == reference["lrs"][2:], "only the third epoch was trained again"
+    assert resumed["digest"] == reference["digest"]

@@ -290,3 +290,56 @@ def test_masks_from_given_booleans_and_iou():
     bad = {bn: torch.arange(n) != i for i, bn in enumerate(spec.units[-1].bns)}
     with pytest.raises(ValueError, match="different keep-vectors"):
         M.mask_from_bool(spec, bad)
+
+
+@pytest.mark.kernel_independent  # both runs use the same kernels
+def test_a_killed_training_phase_resumes_to_the_uninterrupted_result(tmp_path, kill_after):
+    """train_phase inside a cached stage: killed after epoch 1 of 3, run again, it ends with the weights, BN
+    statistics and precise-BN re-estimates of an uninterrupted run, bit for bit (common.resume)."""
+    from common import resume
+    from masksparsity import config
+    from masksparsity.train import Data, lr_at, train_phase
+    from tests.conftest import Killed
+
+    cfg = config.smoke()
+    data = Data(cfg.data, torch.device("cpu"))
+    schedule = config.Schedule(epochs=3, batch_size=128, lr=0.1, lr_schedule="cosine", lr_steps=(),
+                               precise_bn_images=128)  # fmt: skip
+
+    def run(seen: list) -> dict:  # seen: the epoch learning rate of every step (the regulariser's argument)
+        torch.manual_seed(0)
+        model = train_phase(build_model("resnet8", width=2, in_channels=1), data, schedule, 0, seen.append)
+        return model.state_dict()
+
+    reference = run([])
+    with resume.saving_every(1), resume.slot(tmp_path):
+        kill_after(1)
+        with pytest.raises(Killed):
+            run([])
+        kill_after(-1)
+        seen: list[float] = []
+        resumed = run(seen)
+    assert seen == [lr_at(schedule, 2)] * (data.n_train() // schedule.batch_size), "only the third epoch ran again"
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_gradient_accumulation_takes_the_step_of_the_whole_batch():
+    """Without BatchNorm (whose statistics are the micro-batch's by design), 2 micro-batches of 64 give the SGD steps
+    of the batch of 128 (float64: summation order only); an accumulation that does not divide the batch is refused."""
+    from masksparsity import config
+    from masksparsity.train import Data, train_phase
+
+    data = Data(config.smoke().data, torch.device("cpu"))
+    for split in data.splits.values():
+        split.x = split.x.double()
+    schedule = config.Schedule(epochs=1, batch_size=128, lr=0.1, lr_schedule="cosine", lr_steps=())
+
+    def run(accumulation: int) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)).double()
+        return list(train_phase(model, data, schedule, 0, accumulation=accumulation).parameters())
+
+    for a, b in zip(run(1), run(2), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(Exception, match="micro-batches"):
+        run(3)

@@ -212,3 +212,44 @@ def to_dense_copy(model):
     from nvit.models import to_dense
 
     return to_dense(model).train()
+
+
+@pytest.mark.kernel_independent  # both runs use the same kernels
+def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(tmp_path, kill_after, monkeypatch):
+    """train_steps on a BatchStream inside a cached stage, with the official recipe's stateful parts (weight EMA,
+    drop path drawing from torch's generator, repeated augmentation): killed after its first epoch and run again, it
+    continues from step 4 and ends with the weights, EMA and losses of an uninterrupted run, bit for bit."""
+    from timm.utils import ModelEmaV2
+
+    from common import resume
+    from nvit.models import set_drop_path
+    from nvit.train import BatchStream, train_steps
+    from tests.conftest import Killed
+
+    teacher = tiny(distill=True).eval()
+    restored: list[int] = []
+    restore = resume.Checkpoint.restore
+    monkeypatch.setattr(resume.Checkpoint, "restore", lambda self: restored.append(restore(self)) or restored[-1])
+
+    def run() -> tuple[dict, dict, list]:
+        torch.manual_seed(0)
+        student = to_dense_copy(prune_some(tiny(distill=True)))
+        set_drop_path(student, 0.1)
+        ema = ModelEmaV2(student, decay=0.5)
+        stream = BatchStream(dataset(48), 12, 0, repeated_augmentation=True)
+        assert stream.epoch_steps == 4
+        losses = train_steps(student, stream, 10, lr=1e-3, weight_decay=0.05, device=torch.device("cpu"),
+                             teacher=teacher, kl_coeff=1.0, tau=2.0, ema=ema)  # fmt: skip
+        return student.state_dict(), ema.state_dict(), losses
+
+    reference = run()
+    with resume.saving_every(1), resume.slot(tmp_path):
+        kill_after(0)
+        with pytest.raises(Killed):
+            run()
+        kill_after(-1)
+        resumed = run()
+    assert restored[-2:] == [0, 1], "the second run restored the state saved after the first epoch"
+    for ref, got in zip(reference[:2], resumed[:2], strict=True):
+        assert all(torch.equal(got[k], ref[k]) for k in ref)
+    assert resumed[2] == reference[2] and len(resumed[2]) == 10
