@@ -5,13 +5,15 @@ nothing; this module covers a run killed *inside* one (a pre-empted cluster job 
 While the cache creates an entry it opens a *slot*, a folder beside the entry (``<tag>-<hash>.resume``); a training
 loop inside asks for a :class:`Checkpoint` of its state, restores it, and saves it at the end of every
 ``save_every()`` epochs; the slot is deleted once the entry is written. Run the same command again and the loop
-continues from its last saved epoch. The save is at an epoch boundary because that is where a loop's data order is
-a function of its seed and the epoch alone (a mid-epoch save could not restore the data loader's worker processes'
-random streams), so a resumed run computes what an uninterrupted one computes (tested bit for bit).
+continues from its last saved epoch. The training loops save at an epoch boundary because that is where their data
+order is a function of the seed and the epoch alone (a mid-epoch save could not restore a data loader's worker
+processes' random streams), so a resumed run computes what an uninterrupted one computes (tested bit for bit).
+nvit's pruning loop, whose steps do not line up with epochs, saves after the step that completes an epoch and
+restarts its stream at the next batch (:meth:`nvit.train.BatchStream.from_batch`).
 
 What is saved: the objects the loop registers (model, optimizer, scheduler, EMA: anything with ``state_dict`` and
-``load_state_dict``), the number of epochs done, and every process's random number generators (Python, NumPy,
-torch, CUDA), all by ``accelerate.Accelerator.save_state`` (rank 0 writes the objects, every rank its generators).
+``load_state_dict``; loop variables through :class:`State`), the number of epochs done, and every process's random
+number generators (Python, NumPy, torch, CUDA), all by ``accelerate.Accelerator.save_state`` (rank 0 writes the objects, every rank its generators).
 A new save goes to a temporary folder that replaces the previous one only when it is complete, so a kill during a
 save keeps the previous save.
 
@@ -96,6 +98,20 @@ class _Epochs:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.done = int(state["done"])
+
+
+class State:
+    """Loop variables saved with a checkpoint: ``get()`` returns them (any picklable value), ``put(value)`` sets
+    them back on a resume (e.g. closures over a loop's locals)."""
+
+    def __init__(self, get, put) -> None:
+        self.get, self.put = get, put
+
+    def state_dict(self) -> Any:
+        return self.get()
+
+    def load_state_dict(self, state: Any) -> None:
+        self.put(state)
 
 
 class Checkpoint:

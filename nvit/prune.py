@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from common import distributed
+from common import distributed, resume
 from common.errors import check_finite
 from common.runtime import generator
 
@@ -37,7 +37,7 @@ from .method import (
     uniform_keep_counts,
 )
 from .models import FlexViT, ViTDims, vit_macs
-from .train import autocast, backward_accumulated, kd_objective, make_optimizer, unpack
+from .train import BatchStream, autocast, backward_accumulated, kd_objective, make_optimizer, unpack
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def uniform_ratio_for(model: FlexViT, cost, target: float, group_sizes) -> float
 def prune(
     model: FlexViT,
     teacher: nn.Module | None,
-    stream: Iterator[tuple],
+    stream: Iterator[tuple] | BatchStream,
     settings: PruneSettings,
     lut: LatencyTable,
     *,
@@ -137,6 +137,7 @@ def prune(
     mixup=None,
     amp: bool = False,
     where: str = "nvit KD pruning",
+    resume_name: str = "prune",
 ) -> PruneRun:
     """Prune ``model`` in place until its LUT latency (or MACs, ``target_metric="flops"``) is at most every target ×
     the dense model's.
@@ -148,6 +149,13 @@ def prune(
     batch; the gradients are averaged over the processes before the score takes them, so each batch's Σ w·∂L/∂w,
     and with it the score (an expectation over batches), is the one-process score of the same global batch (up
     to float summation order); every process then ranks rank 0's scores, so all prune the same groups.
+
+    Resuming: with a :class:`~nvit.train.BatchStream` inside a cached stage, the whole state of the run (the masked
+    student, optimizer, score sums and their moving average, random generators, targets left, snapshots and
+    history) is saved after the first pruning step that completes each ``$PRUNE_REPRO_SAVE_EVERY``-th epoch of
+    the stream, under ``resume_name`` (:mod:`common.resume`); a re-run continues from there, the stream from the
+    batch after the last one used. In-memory data give the uninterrupted run bit for bit (tested); a loader with
+    worker processes re-reads the skipped batches of the epoch so their augmentations stay in step.
     """
     s = settings
     dense_dims = model.dims
@@ -167,6 +175,29 @@ def prune(
     eta = s.eta if s.eta_mode == "absolute" else None
     ratio = 1.0
     batches_used = 0
+    first_step = 1
+
+    def state() -> dict:  # what a resumed run needs, besides the student and the optimizer
+        return {"step": step, "batches_used": batches_used, "pending": list(pending), "ratio": ratio, "eta": eta,
+                "run": run, "acc": (acc.sum, acc.batches, acc.ema, acc.generator.get_state()),
+                "rng": rng.get_state()}  # fmt: skip
+
+    def restore(saved: dict) -> None:
+        nonlocal first_step, batches_used, pending, ratio, eta, run
+        first_step, batches_used, pending = saved["step"] + 1, saved["batches_used"], saved["pending"]
+        ratio, eta, run = saved["ratio"], saved["eta"], saved["run"]
+        acc.sum, acc.batches, acc.ema, gen_state = saved["acc"]
+        acc.generator.set_state(gen_state)
+        rng.set_state(saved["rng"])
+
+    epoch_steps = stream.epoch_steps if isinstance(stream, BatchStream) else 0
+    saved = resume.checkpoint(resume_name, model, opt, resume.State(state, restore))
+    step = 0
+    model.to(device)  # before a restore: the optimizer's state goes to its parameters' device
+    if epoch_steps:
+        saved.restore()
+    stream = stream.from_batch(batches_used) if epoch_steps else stream
+    epochs_done = batches_used // epoch_steps if epoch_steps else 0
 
     def check_targets(step: int) -> None:
         dims = model.current_dims()
@@ -186,7 +217,7 @@ def prune(
                                 cnn_teacher=cnn_teacher, teacher_logits=t_logits)  # fmt: skip
 
     model.to(device)
-    for step in range(1, s.max_steps + 1):
+    for step in range(first_step, s.max_steps + 1):
         model.train()
         for _ in range(s.interval):
             x, y, t_logits = unpack(next(stream), device)  # t_logits: the teacher's, precomputed, or None
@@ -245,6 +276,9 @@ def prune(
         if not pending:
             run.reached_all = True
             break
+        if epoch_steps and batches_used // epoch_steps > epochs_done:  # this step finished an epoch of the stream
+            epochs_done = batches_used // epoch_steps
+            saved.epoch_done(epochs_done - 1)
     if pending:
         log.warning("pruning stopped at max_steps=%d before reaching targets %s", s.max_steps, pending)
     return run

@@ -54,7 +54,6 @@ from .prune import PruneSettings, prune
 from .train import (
     BatchStream,
     Data,
-    batches,
     batches_per_epoch,
     evaluate,
     load_data,
@@ -480,11 +479,11 @@ class Experiment:
         for tgs in per_target_runs:
             seed_everything(seed)
             student = copy.deepcopy(dense).train()
-            stream = batches(train, cfg.prune.batch_size, seed, **self.stream_extras)  # accumulation: in settings
+            stream = BatchStream(train, cfg.prune.batch_size, seed, **self.stream_extras)  # accumulation: settings
             run = prune(student, dense, stream, dataclasses.replace(settings, targets=tuple(tgs)), self.lut,
                         device=self.device, kd=cfg.kd, seed=seed, cnn_teacher=self.cnn_teacher,
                         where=f"nvit KD pruning ({label}), seed {seed}", mixup=self.train_extras["mixup"],
-                        amp=self.train_extras["amp"])  # fmt: skip
+                        amp=self.train_extras["amp"], resume_name=f"prune-{len(runs)}")  # fmt: skip
             snapshots += run.snapshots
             runs.append(run)
         return {"label": label, "eta": runs[0].eta, "history": runs[0].history,

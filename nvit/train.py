@@ -6,6 +6,7 @@ No pruning logic here (``nvit.prune`` has it). Loops run on whatever device the 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,9 +100,11 @@ def batches(
     repeated_augmentation: bool = False,
     shard: tuple[int, int] | None = None,
     start_epoch: int = 0,
+    skip: int = 0,
 ) -> Iterator[tuple]:
     """An endless stream of shuffled batches (a new seeded order each epoch); drops the last partial batch.
-    ``start_epoch``: begin with that epoch's order (a resumed run, :class:`BatchStream`).
+    ``start_epoch``, ``skip``: begin with that epoch's order, after its first ``skip`` batches (a resumed run,
+    :class:`BatchStream`; a loader reads the skipped batches, so its workers' random augmentations stay in step).
 
     An in-memory :class:`TensorDataset` is sliced directly, in exactly the order ``common.data.loader`` gives
     (the same permutation of the same seeded generator, after the one draw the DataLoader's iterator takes for
@@ -116,7 +119,7 @@ def batches(
     rank, world = shard if shard is not None else (distributed.rank(), distributed.world_size())
     if world > 1 or repeated_augmentation:
         yield from _sharded_batches(dataset, batch_size, seed, rank, world, num_workers, repeated_augmentation,
-                                    start_epoch)  # fmt: skip
+                                    start_epoch, skip)  # fmt: skip
         return
     epoch = start_epoch
     if isinstance(dataset, TensorDataset) and num_workers == 0:
@@ -125,14 +128,15 @@ def batches(
             g = generator(seed * 1000 + epoch)
             torch.empty((), dtype=torch.int64).random_(generator=g)  # the DataLoader iterator's base-seed draw
             perm = torch.randperm(n, generator=g)
-            for i in range(n // batch_size):
+            for i in range(skip, n // batch_size):
                 idx = perm[i * batch_size : (i + 1) * batch_size]
                 yield tuple(t[idx] for t in tensors)
-            epoch += 1
+            epoch, skip = epoch + 1, 0
     while True:
         loader = cdata.loader(dataset, batch_size, shuffle=True, seed=seed * 1000 + epoch, drop_last=True,
                               num_workers=num_workers)  # fmt: skip
-        yield from loader
+        yield from itertools.islice(loader, skip, None)
+        skip = 0
         epoch += 1
 
 
@@ -147,9 +151,14 @@ class BatchStream:
     num_workers: int = 0
     repeated_augmentation: bool = False
 
-    def __call__(self, start_epoch: int = 0) -> Iterator[tuple]:
+    def __call__(self, start_epoch: int = 0, skip: int = 0) -> Iterator[tuple]:
         return batches(self.dataset, self.batch_size, self.seed, num_workers=self.num_workers,
-                       repeated_augmentation=self.repeated_augmentation, start_epoch=start_epoch)  # fmt: skip
+                       repeated_augmentation=self.repeated_augmentation, start_epoch=start_epoch,
+                       skip=skip)  # fmt: skip
+
+    def from_batch(self, index: int) -> Iterator[tuple]:
+        """The stream after its first ``index`` batches (a loop resumed mid-epoch)."""
+        return self(index // self.epoch_steps, index % self.epoch_steps)
 
     def __iter__(self) -> Iterator[tuple]:
         return self()
@@ -173,7 +182,7 @@ def local_batch_size(batch_size: int, world: int) -> int:
 
 
 def _sharded_batches(dataset, batch_size, seed, rank, world, num_workers, repeated_augmentation,
-                     start_epoch=0) -> Iterator[tuple]:  # fmt: skip
+                     start_epoch=0, skip=0) -> Iterator[tuple]:  # fmt: skip
     """:func:`batches` for P processes or with repeated augmentation: this process's rows of each global batch."""
     local = local_batch_size(batch_size, world)
     n, epoch = len(dataset), start_epoch
@@ -184,13 +193,14 @@ def _sharded_batches(dataset, batch_size, seed, rank, world, num_workers, repeat
             raise ValueError(f"an epoch of {len(order)} items has no full batch of {batch_size}")
         mine = order[: steps * batch_size].view(steps, batch_size)[:, rank::world].reshape(-1)
         if isinstance(dataset, TensorDataset) and num_workers == 0:
-            for i in range(steps):
+            for i in range(skip, steps):
                 idx = mine[i * local : (i + 1) * local]
                 yield tuple(t[idx] for t in dataset.tensors)
         else:
-            yield from torch.utils.data.DataLoader(dataset, batch_size=local, sampler=mine.tolist(), drop_last=True,
-                                                   num_workers=num_workers)  # fmt: skip
-        epoch += 1
+            loader = torch.utils.data.DataLoader(dataset, batch_size=local, sampler=mine.tolist(), drop_last=True,
+                                                 num_workers=num_workers)  # fmt: skip
+            yield from itertools.islice(loader, skip, None)
+        epoch, skip = epoch + 1, 0
 
 
 @torch.inference_mode()

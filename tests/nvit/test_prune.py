@@ -197,3 +197,69 @@ def test_timm_vit_without_qkv_bias_gives_a_clear_error():
     tm = timm.create_model("test_vit", pretrained=False, img_size=32, num_classes=10, qkv_bias=False)
     with pytest.raises(ValueError, match="qkv bias"):
         from_timm(tm)
+
+
+@pytest.mark.kernel_independent  # both runs use the same kernels
+@pytest.mark.parametrize("criterion", ["hessian", "random"])
+def test_a_killed_pruning_run_resumes_to_the_uninterrupted_run(tmp_path, kill_after, monkeypatch, criterion):
+    """prune() on a BatchStream inside a resume slot: killed after the step that finishes the stream's first epoch
+    (mid-epoch of the next), run again, it continues from that step and ends with the uninterrupted run's
+    snapshots, history and weights, bit for bit (the score sums and their moving average, the random criterion's
+    generator and the stream position are saved with the student and optimizer)."""
+    from torch.utils.data import TensorDataset
+
+    from common import resume
+    from nvit.train import BatchStream
+    from tests.conftest import Killed
+    from tests.nvit.test_models import tiny
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(40, 2, 8, 8, generator=g), torch.randint(0, 5, (40,), generator=g))
+    teacher = tiny().eval()
+    s = PruneSettings(criterion=criterion, group_sizes=(2, 1, 1, 1, 4), groups_per_step=1, interval=2, max_steps=60,
+                      targets=(0.8, 0.4), eta=5.0, bonus_floor=(1, 1, 1, 4))  # fmt: skip
+    restored: list[int] = []
+    restore = resume.Checkpoint.restore
+    monkeypatch.setattr(resume.Checkpoint, "restore", lambda self: restored.append(restore(self)) or restored[-1])
+
+    def run():
+        torch.manual_seed(1)
+        model = tiny()
+        stream = BatchStream(data, 8, seed=3)
+        assert stream.epoch_steps == 5  # 2 batches a step: the first epoch ends inside step 3
+        out = prune(model, teacher, stream, s, tiny_lut(model), device=torch.device("cpu"), kd=config.KDConfig())
+        return out, model.state_dict()
+
+    reference, ref_state = run()
+    assert reference.reached_all and reference.history[-1]["step"] > 3
+    with resume.saving_every(1), resume.slot(tmp_path):
+        kill_after(0)
+        with pytest.raises(Killed):
+            run()
+        kill_after(-1)
+        resumed, state = run()
+    assert restored[-2:] == [0, 1], "the second run restored the state saved after step 3"
+    assert resumed.history == reference.history and resumed.eta == reference.eta
+    assert [(x.target, x.step, x.batches, x.dims) for x in resumed.snapshots] == [
+        (x.target, x.step, x.batches, x.dims) for x in reference.snapshots]  # fmt: skip
+    for a, b in zip(resumed.snapshots, reference.snapshots, strict=True):
+        assert all(torch.equal(a.state[k], b.state[k]) for k in b.state)
+    assert all(torch.equal(state[k], ref_state[k]) for k in ref_state)
+
+
+def test_a_batch_stream_restarts_after_any_batch():
+    """BatchStream.from_batch(b) yields what the stream yields after its first b batches (in one process and in a
+    process's share of two)."""
+    from torch.utils.data import TensorDataset
+
+    from nvit.train import BatchStream, batches
+
+    data = TensorDataset(torch.arange(30).float(), torch.arange(30))
+    for extra in ({}, {"repeated_augmentation": True}):
+        full = BatchStream(data, 4, seed=2, **extra)
+        expected = [b[1].tolist() for b in itertools.islice(full, 20)]
+        for start in (0, 3, 7, 9):
+            got = [b[1].tolist() for b in itertools.islice(full.from_batch(start), 20 - start)]
+            assert got == expected[start:], (extra, start)
+    share = [b[1].tolist() for b in itertools.islice(batches(data, 4, 2, shard=(1, 2), skip=2), 3)]
+    assert share == [b[1].tolist() for b in itertools.islice(batches(data, 4, 2, shard=(1, 2)), 5)][2:]
