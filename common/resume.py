@@ -13,9 +13,9 @@ restarts its stream at the next batch (:meth:`nvit.train.BatchStream.from_batch`
 
 What is saved: the objects the loop registers (model, optimizer, scheduler, EMA: anything with ``state_dict`` and
 ``load_state_dict``; loop variables through :class:`State`), the number of epochs done, and every process's random
-number generators (Python, NumPy, torch, CUDA), all by ``accelerate.Accelerator.save_state`` (rank 0 writes the objects, every rank its generators).
-A new save goes to a temporary folder that replaces the previous one only when it is complete, so a kill during a
-save keeps the previous save.
+number generators (Python, NumPy, torch, CUDA), all by ``accelerate.Accelerator.save_state`` (rank 0 writes the
+objects, every rank its generators). A new save goes to a temporary folder that replaces the previous one only
+when it is complete, so a kill during a save keeps the previous save.
 
 How often: ``PRUNE_REPRO_SAVE_EVERY`` epochs (``reproduce --save-every N``; the ``paper`` presets default to 1,
 the others to 0 = never, since their stages take minutes).
