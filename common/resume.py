@@ -39,7 +39,21 @@ _log = logging.getLogger(__name__)
 SAVE_EVERY_ENV = "PRUNE_REPRO_SAVE_EVERY"
 """Epochs between saves of a running loop's state (0 or unset: never)."""
 
-_SLOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("resume_slot", default=None)
+
+class _Slot:
+    """The folder of the stage being created, and how many loops of each name it has started (a stage may run
+    the same loop several times, e.g. one fine-tune per snapshot: each gets its own sub-folder, in order)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory, self.started = directory, {}
+
+    def folder(self, name: str) -> Path:
+        index = self.started.get(name, 0)
+        self.started[name] = index + 1
+        return self.directory / f"{name}.{index}"
+
+
+_SLOT: contextvars.ContextVar[_Slot | None] = contextvars.ContextVar("resume_slot", default=None)
 
 
 def save_every() -> int:
@@ -73,10 +87,11 @@ def saving_every(epochs: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def slot(directory: Path, clear: bool = False) -> Iterator[Path]:
-    """Inside, training loops save their state under ``directory`` (one sub-folder per loop name). Its owner deletes
-    the folder once the stage's result is stored (``ArtifactCache.save`` does); ``clear``: delete it when the block
-    ends without an error (a stage whose result is not cached on its own, e.g. a fine-tune inside a longer job)."""
-    token = _SLOT.set(Path(directory))
+    """Inside, training loops save their state under ``directory``: the k-th loop named ``name`` (counted from 0 on
+    entering the block) in ``<name>.<k>``, so a stage that runs a loop several times resumes each from its own
+    state. Its owner deletes the folder once the stage's result is stored (``ArtifactCache.save`` does); ``clear``:
+    delete it when the block ends without an error (a stage whose result is not cached on its own)."""
+    token = _SLOT.set(_Slot(Path(directory)))
     try:
         yield Path(directory)
     finally:
@@ -184,8 +199,7 @@ class Checkpoint:
 
 
 def checkpoint(name: str, *objects: Any) -> Checkpoint:
-    """A :class:`Checkpoint` of ``objects`` for the loop ``name`` in the current slot (inactive outside one).
-
-    One slot can hold several loops (a stage that trains twice): give each its own ``name``."""
-    directory = _SLOT.get()
-    return Checkpoint(None if directory is None else directory / name, objects, save_every())
+    """A :class:`Checkpoint` of ``objects`` for the next loop called ``name`` in the current slot (inactive outside
+    one). A stage's loops must start in the same order on every run (they do: a stage is a function of its key)."""
+    current = _SLOT.get()
+    return Checkpoint(None if current is None else current.folder(name), objects, save_every())

@@ -137,7 +137,6 @@ def prune(
     mixup=None,
     amp: bool = False,
     where: str = "nvit KD pruning",
-    resume_name: str = "prune",
 ) -> PruneRun:
     """Prune ``model`` in place until its LUT latency (or MACs, ``target_metric="flops"``) is at most every target ×
     the dense model's.
@@ -153,7 +152,7 @@ def prune(
     Resuming: with a :class:`~nvit.train.BatchStream` inside a cached stage, the whole state of the run (the masked
     student, optimizer, score sums and their moving average, random generators, targets left, snapshots and
     history) is saved after the first pruning step that completes each ``$PRUNE_REPRO_SAVE_EVERY``-th epoch of
-    the stream, under ``resume_name`` (:mod:`common.resume`); a re-run continues from there, the stream from the
+    the stream (:mod:`common.resume`); a re-run continues from there, the stream from the
     batch after the last one used. In-memory data give the uninterrupted run bit for bit (tested); a loader with
     worker processes re-reads the skipped batches of the epoch so their augmentations stay in step.
     """
@@ -191,7 +190,7 @@ def prune(
         rng.set_state(saved["rng"])
 
     epoch_steps = stream.epoch_steps if isinstance(stream, BatchStream) else 0
-    saved = resume.checkpoint(resume_name, model, opt, resume.State(state, restore))
+    saved = resume.checkpoint("prune", model, opt, resume.State(state, restore))
     step = 0
     model.to(device)  # before a restore: the optimizer's state goes to its parameters' device
     if epoch_steps:

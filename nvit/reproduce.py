@@ -483,7 +483,7 @@ class Experiment:
             run = prune(student, dense, stream, dataclasses.replace(settings, targets=tuple(tgs)), self.lut,
                         device=self.device, kd=cfg.kd, seed=seed, cnn_teacher=self.cnn_teacher,
                         where=f"nvit KD pruning ({label}), seed {seed}", mixup=self.train_extras["mixup"],
-                        amp=self.train_extras["amp"], resume_name=f"prune-{len(runs)}")  # fmt: skip
+                        amp=self.train_extras["amp"])  # fmt: skip
             snapshots += run.snapshots
             runs.append(run)
         return {"label": label, "eta": runs[0].eta, "history": runs[0].history,

@@ -43,13 +43,14 @@ def toy_loop(epochs: int = 4) -> tuple[dict, list]:
 
 def test_a_killed_loop_resumes_to_the_uninterrupted_result(tmp_path, kill_after):
     reference, _ = toy_loop()
-    with resume.saving_every(1), resume.slot(tmp_path):
+    with resume.saving_every(1):
         kill_after(1)
-        with pytest.raises(Killed):
+        with pytest.raises(Killed), resume.slot(tmp_path):  # a run: a process, a slot
             toy_loop()
-        assert (tmp_path / "toy" / "state" / "done").read_text() == "2"
+        assert (tmp_path / "toy.0" / "state" / "done").read_text() == "2"
         kill_after(-1)  # disarmed
-        state, seen = toy_loop()
+        with resume.slot(tmp_path):
+            state, seen = toy_loop()
     assert seen == [2, 3], "the second run starts after the two saved epochs"
     assert all(torch.equal(state[k], reference[k]) for k in reference)
 
@@ -57,8 +58,8 @@ def test_a_killed_loop_resumes_to_the_uninterrupted_result(tmp_path, kill_after)
 def test_saves_every_n_epochs_and_never_after_the_last(tmp_path):
     with resume.saving_every(2), resume.slot(tmp_path):
         toy_loop(epochs=4)
-    assert (tmp_path / "toy" / "state" / "done").read_text() == "2"  # after epoch 2; the 4th is the end
-    assert not (tmp_path / "toy" / "state.new").exists() and not (tmp_path / "toy" / "state.old").exists()
+    assert (tmp_path / "toy.0" / "state" / "done").read_text() == "2"  # after epoch 2; the 4th is the end
+    assert not (tmp_path / "toy.0" / "state.new").exists() and not (tmp_path / "toy.0" / "state.old").exists()
 
 
 def test_nothing_is_saved_outside_a_slot_or_with_saving_off(tmp_path):
@@ -70,15 +71,16 @@ def test_nothing_is_saved_outside_a_slot_or_with_saving_off(tmp_path):
 
 
 def test_an_incomplete_save_is_ignored_and_the_previous_one_used(tmp_path, kill_after):
-    with resume.saving_every(1), resume.slot(tmp_path):
+    with resume.saving_every(1):
         kill_after(0)
-        with pytest.raises(Killed):
+        with pytest.raises(Killed), resume.slot(tmp_path):  # a run: a process, a slot
             toy_loop()
-        folder = tmp_path / "toy"
+        folder = tmp_path / "toy.0"
         (folder / "state").rename(folder / "state.old")  # killed between the two renames of the next save
         (folder / "state.new").mkdir()  # and a save that never finished
         kill_after(-1)
-        _, seen = toy_loop()
+        with resume.slot(tmp_path):
+            _, seen = toy_loop()
     assert seen == [1, 2, 3]
 
 
@@ -105,7 +107,27 @@ def test_the_cache_resumes_a_killed_stage_and_then_deletes_its_state(tmp_path, k
         kill_after(1)
         with pytest.raises(Killed):
             cache.get_or_create("toy", key, lambda: toy_loop())
-        assert (slot / "toy" / "state").is_dir(), "a failed stage keeps its saved state"
+        assert (slot / "toy.0" / "state").is_dir(), "a failed stage keeps its saved state"
         kill_after(-1)
         _, seen = cache.get_or_create("toy", key, lambda: toy_loop())
     assert seen == [2, 3] and not slot.exists(), "the stored stage's state is deleted"
+
+
+def test_each_run_of_a_loop_in_one_stage_has_its_own_state(tmp_path, kill_after):
+    """A stage that runs the same loop twice (e.g. one fine-tune per snapshot): killed in the second, the re-run's
+    first loop resumes from its own save (not the second's) and the second from its own."""
+
+    def stage() -> tuple[list, list]:
+        return toy_loop(epochs=3)[1], toy_loop(epochs=4)[1]
+
+    with resume.saving_every(1):
+        reference = stage()
+        kill_after(2)  # only the 4-epoch loop saves epoch 2 (a loop never saves after its last epoch)
+        with pytest.raises(Killed), resume.slot(tmp_path):
+            stage()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.0", "toy.1"]
+        kill_after(-1)
+        with resume.slot(tmp_path):
+            first, second = stage()
+    assert reference == ([0, 1, 2], [0, 1, 2, 3])
+    assert first == [2] and second == [3], "each loop continued after its own last save"

@@ -105,11 +105,12 @@ def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(tmp_path, kill_a
         return finetune(model, data, spec, tokenizer.pad_token_id).state_dict()
 
     reference = run()
-    with resume.saving_every(1), resume.slot(tmp_path):
+    with resume.saving_every(1):
         kill_after(0)
-        with pytest.raises(Killed):
+        with pytest.raises(Killed), resume.slot(tmp_path):  # a run: a process, a slot
             run()
         kill_after(-1)
-        resumed = run()
+        with resume.slot(tmp_path):
+            resumed = run()
     assert restored[-2:] == [0, 1], "the second run restored the state saved after the first epoch"
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)

@@ -178,7 +178,7 @@ def test_a_killed_data_parallel_training_resumes_to_the_uninterrupted_result(tmp
     reference = run(tmp_path / "uninterrupted")
     assert reference["world_size"] == 2 and len(reference["lrs"]) == 3
     run(tmp_path / "killed", "1")
-    assert (tmp_path / "killed" / "train_phase" / "state" / "random_states_1.pkl").is_file()
+    assert (tmp_path / "killed" / "train_phase.0" / "state" / "random_states_1.pkl").is_file()
     resumed = run(tmp_path / "killed")
     assert resumed["lrs"] == reference["lrs"][2:], "only the third epoch was trained again"
     assert resumed["digest"] == reference["digest"]

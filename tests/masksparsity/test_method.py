@@ -312,13 +312,14 @@ def test_a_killed_training_phase_resumes_to_the_uninterrupted_result(tmp_path, k
         return model.state_dict()
 
     reference = run([])
-    with resume.saving_every(1), resume.slot(tmp_path):
+    with resume.saving_every(1):
         kill_after(1)
-        with pytest.raises(Killed):
+        with pytest.raises(Killed), resume.slot(tmp_path):  # a run: a process, a slot
             run([])
         kill_after(-1)
-        seen: list[float] = []
-        resumed = run(seen)
+        with resume.slot(tmp_path):
+            seen: list[float] = []
+            resumed = run(seen)
     assert seen == [lr_at(schedule, 2)] * (data.n_train() // schedule.batch_size), "only the third epoch ran again"
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 

@@ -232,12 +232,13 @@ def test_a_killed_pruning_run_resumes_to_the_uninterrupted_run(tmp_path, kill_af
 
     reference, ref_state = run()
     assert reference.reached_all and reference.history[-1]["step"] > 3
-    with resume.saving_every(1), resume.slot(tmp_path):
+    with resume.saving_every(1):
         kill_after(0)
-        with pytest.raises(Killed):
+        with pytest.raises(Killed), resume.slot(tmp_path):  # a run: a process, a slot
             run()
         kill_after(-1)
-        resumed, state = run()
+        with resume.slot(tmp_path):
+            resumed, state = run()
     assert restored[-2:] == [0, 1], "the second run restored the state saved after step 3"
     assert resumed.history == reference.history and resumed.eta == reference.eta
     assert [(x.target, x.step, x.batches, x.dims) for x in resumed.snapshots] == [

@@ -243,12 +243,13 @@ def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(tmp_path, kill_a
         return student.state_dict(), ema.state_dict(), losses
 
     reference = run()
-    with resume.saving_every(1), resume.slot(tmp_path):
+    with resume.saving_every(1):
         kill_after(0)
-        with pytest.raises(Killed):
+        with pytest.raises(Killed), resume.slot(tmp_path):  # a run: a process, a slot
             run()
         kill_after(-1)
-        resumed = run()
+        with resume.slot(tmp_path):
+            resumed = run()
     assert restored[-2:] == [0, 1], "the second run restored the state saved after the first epoch"
     for ref, got in zip(reference[:2], resumed[:2], strict=True):
         assert all(torch.equal(got[k], ref[k]) for k in ref)
