@@ -171,7 +171,8 @@ class Checkpoint:
         if saved is None:
             return 0
         self._accelerator().load_state(str(saved))
-        _log.info("resumed %s after epoch %d", self.directory, self._epochs.done)
+        # A warning, so that it shows from worker processes too: the run did not start this loop afresh.
+        _log.warning("resumed %s after epoch %d (its saved state)", self.directory, self._epochs.done)
         return self._epochs.done
 
     def epoch_done(self, epoch: int, last: bool = False) -> None:
