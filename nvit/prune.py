@@ -195,7 +195,7 @@ def prune(
     model.to(device)  # before a restore: the optimizer's state goes to its parameters' device
     if epoch_steps:
         saved.restore()
-    stream = stream.from_batch(batches_used) if epoch_steps else stream
+    stream = stream.from_batch(batches_used) if epoch_steps else iter(stream)
     epochs_done = batches_used // epoch_steps if epoch_steps else 0
 
     def check_targets(step: int) -> None:

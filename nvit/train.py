@@ -122,6 +122,8 @@ def batches(
                                     start_epoch, skip)  # fmt: skip
         return
     epoch = start_epoch
+    if len(dataset) < batch_size:  # an endless stream of no batches would hang its consumer
+        raise ValueError(f"{len(dataset)} items make no full batch of {batch_size}; use a smaller batch size")
     if isinstance(dataset, TensorDataset) and num_workers == 0:
         tensors, n = dataset.tensors, len(dataset)
         while True:
@@ -439,7 +441,7 @@ def train_steps(
     epoch_steps = stream.epoch_steps if isinstance(stream, BatchStream) else 0
     if epoch_steps:
         start = saved.restore() * epoch_steps
-    stream = stream(start // epoch_steps) if epoch_steps else stream
+    stream = stream(start // epoch_steps) if epoch_steps else iter(stream)  # (no whole batch: batches() says so)
 
     def loss_fn(x, y, t_logits):
         with autocast(device, amp):

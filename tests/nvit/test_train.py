@@ -254,3 +254,10 @@ def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(tmp_path, kill_a
     for ref, got in zip(reference[:2], resumed[:2], strict=True):
         assert all(torch.equal(got[k], ref[k]) for k in ref)
     assert resumed[2] == reference[2] and len(resumed[2]) == 10
+
+
+@pytest.mark.kernel_independent
+def test_a_stream_with_no_full_batch_is_refused_instead_of_hanging():
+    for extra in ({}, {"repeated_augmentation": True}):
+        with pytest.raises(ValueError, match="full batch"):
+            next(batches(dataset(5), 8, 0, **extra))
