@@ -104,3 +104,30 @@ def kill_after(monkeypatch):
         monkeypatch.setattr(resume.Checkpoint, "epoch_done", epoch_done)
 
     return arm
+
+
+@pytest.fixture
+def kill_and_resume(tmp_path, kill_after, monkeypatch):
+    """``kill_and_resume(run, after=k)`` -> ``(reference, resumed, restored)``: ``run()`` uninterrupted; then, saving
+    every epoch, a ``run()`` killed right after saving epoch ``k`` and a second ``run()`` of the same stage, each in
+    a slot of its own as separate processes would be (:mod:`common.resume`); ``resumed`` is what the second returned,
+    ``restored`` the epochs each checkpoint of the second run restored."""
+    from common import resume
+
+    restored: list[int] = []
+    original = resume.Checkpoint.restore
+    monkeypatch.setattr(resume.Checkpoint, "restore", lambda self: restored.append(original(self)) or restored[-1])
+
+    def go(run, after: int):
+        reference = run()
+        with resume.saving_every(1):
+            kill_after(after)
+            with pytest.raises(Killed), resume.slot(tmp_path / "stage"):
+                run()
+            kill_after(-1)
+            restored.clear()
+            with resume.slot(tmp_path / "stage"):
+                resumed = run()
+        return reference, resumed, list(restored)
+
+    return go

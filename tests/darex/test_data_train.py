@@ -83,34 +83,22 @@ def test_metrics():
 
 @pytest.mark.kernel_independent  # both runs use the same kernels
 @pytest.mark.parametrize("optimizer", ["adamw", "adamr-l2"])
-def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(tmp_path, kill_after, monkeypatch, optimizer):
+def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(kill_and_resume, optimizer):
     """finetune inside a cached stage: killed after its first epoch (3 batches of 20 examples) and run again, it
     continues from step 3 and ends with the weights of an uninterrupted run, bit for bit (dropout draws from torch's
     generator, the schedule and AdamR's state are saved too)."""
-    from common import resume
     from darex.config import TINY_BERT
     from darex.models import load_classifier
     from darex.train import FinetuneSpec, finetune
-    from tests.conftest import Killed
 
     tokenizer = load_tokenizer("tiny-bert")
     data = encode(tokenizer, [Example("good " * (n % 5 + 1) + "bad " * (n % 3), n % 2) for n in range(20)], 16)
     spec = FinetuneSpec(optimizer=optimizer, lr=1e-3, steps=8, batch_size=8, weight_decay=0.1, seed=3)
-    restored: list[int] = []
-    restore = resume.Checkpoint.restore
-    monkeypatch.setattr(resume.Checkpoint, "restore", lambda self: restored.append(restore(self)) or restored[-1])
 
     def run() -> dict:
         model = load_classifier(TINY_BERT, 2, tokenizer.vocab_size, seed=0)
         return finetune(model, data, spec, tokenizer.pad_token_id).state_dict()
 
-    reference = run()
-    with resume.saving_every(1):
-        kill_after(0)
-        with pytest.raises(Killed), resume.slot(tmp_path):  # a run: a process, a slot
-            run()
-        kill_after(-1)
-        with resume.slot(tmp_path):
-            resumed = run()
-    assert restored[-2:] == [0, 1], "the second run restored the state saved after the first epoch"
+    reference, resumed, restored = kill_and_resume(run, after=0)
+    assert restored == [1], "the second run restored the state saved after the first epoch"
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)

@@ -293,33 +293,26 @@ def test_masks_from_given_booleans_and_iou():
 
 
 @pytest.mark.kernel_independent  # both runs use the same kernels
-def test_a_killed_training_phase_resumes_to_the_uninterrupted_result(tmp_path, kill_after):
+def test_a_killed_training_phase_resumes_to_the_uninterrupted_result(kill_and_resume):
     """train_phase inside a cached stage: killed after epoch 1 of 3, run again, it ends with the weights, BN
     statistics and precise-BN re-estimates of an uninterrupted run, bit for bit (common.resume)."""
-    from common import resume
     from masksparsity import config
     from masksparsity.train import Data, lr_at, train_phase
-    from tests.conftest import Killed
 
     cfg = config.smoke()
     data = Data(cfg.data, torch.device("cpu"))
     schedule = config.Schedule(epochs=3, batch_size=128, lr=0.1, lr_schedule="cosine", lr_steps=(),
                                precise_bn_images=128)  # fmt: skip
 
-    def run(seen: list) -> dict:  # seen: the epoch learning rate of every step (the regulariser's argument)
+    seen: list[float] = []  # the epoch learning rate of every step (the regulariser's argument), of the last run
+
+    def run() -> dict:
+        seen.clear()
         torch.manual_seed(0)
         model = train_phase(build_model("resnet8", width=2, in_channels=1), data, schedule, 0, seen.append)
         return model.state_dict()
 
-    reference = run([])
-    with resume.saving_every(1):
-        kill_after(1)
-        with pytest.raises(Killed), resume.slot(tmp_path):  # a run: a process, a slot
-            run([])
-        kill_after(-1)
-        with resume.slot(tmp_path):
-            seen: list[float] = []
-            resumed = run(seen)
+    reference, resumed, _ = kill_and_resume(run, after=1)
     assert seen == [lr_at(schedule, 2)] * (data.n_train() // schedule.batch_size), "only the third epoch ran again"
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 

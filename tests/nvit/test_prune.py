@@ -201,16 +201,14 @@ def test_timm_vit_without_qkv_bias_gives_a_clear_error():
 
 @pytest.mark.kernel_independent  # both runs use the same kernels
 @pytest.mark.parametrize("criterion", ["hessian", "random"])
-def test_a_killed_pruning_run_resumes_to_the_uninterrupted_run(tmp_path, kill_after, monkeypatch, criterion):
+def test_a_killed_pruning_run_resumes_to_the_uninterrupted_run(kill_and_resume, criterion):
     """prune() on a BatchStream inside a resume slot: killed after the step that finishes the stream's first epoch
     (mid-epoch of the next), run again, it continues from that step and ends with the uninterrupted run's
     snapshots, history and weights, bit for bit (the score sums and their moving average, the random criterion's
     generator and the stream position are saved with the student and optimizer)."""
     from torch.utils.data import TensorDataset
 
-    from common import resume
     from nvit.train import BatchStream
-    from tests.conftest import Killed
     from tests.nvit.test_models import tiny
 
     g = torch.Generator().manual_seed(0)
@@ -218,9 +216,6 @@ def test_a_killed_pruning_run_resumes_to_the_uninterrupted_run(tmp_path, kill_af
     teacher = tiny().eval()
     s = PruneSettings(criterion=criterion, group_sizes=(2, 1, 1, 1, 4), groups_per_step=1, interval=2, max_steps=60,
                       targets=(0.8, 0.4), eta=5.0, bonus_floor=(1, 1, 1, 4))  # fmt: skip
-    restored: list[int] = []
-    restore = resume.Checkpoint.restore
-    monkeypatch.setattr(resume.Checkpoint, "restore", lambda self: restored.append(restore(self)) or restored[-1])
 
     def run():
         torch.manual_seed(1)
@@ -230,16 +225,9 @@ def test_a_killed_pruning_run_resumes_to_the_uninterrupted_run(tmp_path, kill_af
         out = prune(model, teacher, stream, s, tiny_lut(model), device=torch.device("cpu"), kd=config.KDConfig())
         return out, model.state_dict()
 
-    reference, ref_state = run()
+    (reference, ref_state), (resumed, state), restored = kill_and_resume(run, after=0)
     assert reference.reached_all and reference.history[-1]["step"] > 3
-    with resume.saving_every(1):
-        kill_after(0)
-        with pytest.raises(Killed), resume.slot(tmp_path):  # a run: a process, a slot
-            run()
-        kill_after(-1)
-        with resume.slot(tmp_path):
-            resumed, state = run()
-    assert restored[-2:] == [0, 1], "the second run restored the state saved after step 3"
+    assert restored == [1], "the second run restored the state saved after step 3"
     assert resumed.history == reference.history and resumed.eta == reference.eta
     assert [(x.target, x.step, x.batches, x.dims) for x in resumed.snapshots] == [
         (x.target, x.step, x.batches, x.dims) for x in reference.snapshots]  # fmt: skip

@@ -215,21 +215,16 @@ def to_dense_copy(model):
 
 
 @pytest.mark.kernel_independent  # both runs use the same kernels
-def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(tmp_path, kill_after, monkeypatch):
+def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(kill_and_resume):
     """train_steps on a BatchStream inside a cached stage, with the official recipe's stateful parts (weight EMA,
     drop path drawing from torch's generator, repeated augmentation): killed after its first epoch and run again, it
     continues from step 4 and ends with the weights, EMA and losses of an uninterrupted run, bit for bit."""
     from timm.utils import ModelEmaV2
 
-    from common import resume
     from nvit.models import set_drop_path
     from nvit.train import BatchStream, train_steps
-    from tests.conftest import Killed
 
     teacher = tiny(distill=True).eval()
-    restored: list[int] = []
-    restore = resume.Checkpoint.restore
-    monkeypatch.setattr(resume.Checkpoint, "restore", lambda self: restored.append(restore(self)) or restored[-1])
 
     def run() -> tuple[dict, dict, list]:
         torch.manual_seed(0)
@@ -242,15 +237,8 @@ def test_a_killed_fine_tune_resumes_to_the_uninterrupted_result(tmp_path, kill_a
                              teacher=teacher, kl_coeff=1.0, tau=2.0, ema=ema)  # fmt: skip
         return student.state_dict(), ema.state_dict(), losses
 
-    reference = run()
-    with resume.saving_every(1):
-        kill_after(0)
-        with pytest.raises(Killed), resume.slot(tmp_path):  # a run: a process, a slot
-            run()
-        kill_after(-1)
-        with resume.slot(tmp_path):
-            resumed = run()
-    assert restored[-2:] == [0, 1], "the second run restored the state saved after the first epoch"
+    reference, resumed, restored = kill_and_resume(run, after=0)
+    assert restored == [1], "the second run restored the state saved after the first epoch"
     for ref, got in zip(reference[:2], resumed[:2], strict=True):
         assert all(torch.equal(got[k], ref[k]) for k in ref)
     assert resumed[2] == reference[2] and len(resumed[2]) == 10
