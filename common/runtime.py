@@ -231,6 +231,24 @@ class ArtifactCache:
         shutil.rmtree(path.with_suffix(".resume"), ignore_errors=True)  # a saved training state is done with
         return path
 
+    def get_or_create_together(self, tag: str, key: Any, create: Callable[[], T]) -> T:
+        """:meth:`get_or_create` for data-parallel processes that create an entry together (``create`` runs
+        collectives): rank 0 says whether the entry exists and every process follows, so all run ``create`` or none
+        does; rank 0 alone writes it, and the others wait until it is written (``common.distributed``). In one
+        process it is :meth:`get_or_create`."""
+        from . import distributed as dist
+
+        if dist.world_size() == 1:
+            return self.get_or_create(tag, key, create)
+        if dist.broadcast_object((tag, key) in self if dist.is_main() else None):
+            return self.load(tag, key)
+        with self.resume_slot(tag, key):  # a killed run continues its training loops (common.resume)
+            value = create()
+        if dist.is_main():
+            self.save(tag, key, value)
+        dist.barrier()
+        return value
+
     def get_or_create(self, tag: str, key: Any, create: Callable[[], T]) -> T:
         """Load the artifact for ``(tag, key)`` if cached, else compute it with ``create`` and cache it.
 

@@ -122,21 +122,6 @@ class SeedContext:
         return self.timer.phase(name)
 
 
-def cached(cache: ArtifactCache, tag: str, key: dict, create):
-    """``cache.get_or_create``; in a data-parallel run process 0 decides whether the entry exists, then every
-    process loads it, or every process takes part in creating it (training is collective) and process 0 saves it."""
-    if dist.world_size() == 1:
-        return cache.get_or_create(tag, key, create)
-    if dist.broadcast_object((tag, key) in cache if dist.is_main() else None):
-        return cache.load(tag, key)
-    with cache.resume_slot(tag, key):  # a killed run continues its training loop (common.resume)
-        value = create()
-    if dist.is_main():
-        cache.save(tag, key, value)
-    dist.barrier()
-    return value
-
-
 class Runner:
     def __init__(self, cfg: MaskSparsityConfig, ctx: SeedContext, data: Data, seed: int):
         self.cfg, self.ctx, self.data, self.seed = cfg, ctx, data, seed
@@ -167,10 +152,15 @@ class Runner:
         name = f"{tag}:{json.dumps(full_key, sort_keys=True, default=str)}"
         with self.ctx.phase(phase):
             if name not in self._states:
-                self._states[name] = cached(self.ctx.cache, tag, full_key, make)
+                self._states[name] = self.ctx.cache.get_or_create_together(tag, full_key, make)
             model = self.new_model()
             model.load_state_dict(self._states[name])
         return model
+
+    def train(self, model: nn.Module, schedule, seed: int, regularizer, desc: str, where: str) -> nn.Module:
+        """:func:`train_phase` on this run's data with its mixed precision and gradient accumulation."""
+        return train_phase(model, self.data, schedule, seed, regularizer, self.cfg.amp, desc, where=where,
+                           accumulation=self.cfg.accumulation)  # fmt: skip
 
     def resumable(self, tag: str, key: dict):
         """A resume slot (:mod:`common.resume`) for training that is not cached on its own (a pruned arm's
@@ -179,10 +169,9 @@ class Runner:
         return self.ctx.cache.resume_slot(tag, full_key, clear=True)
 
     def baseline(self) -> nn.Module:
-        return self.trained("baseline", {"train": to_dict(self.cfg.train)}, lambda: train_phase(
-            self.new_model(), self.data, self.cfg.train, self.seed, amp=self.cfg.amp, desc="baseline",
-            where=f"masksparsity baseline training, seed {self.seed}", accumulation=self.cfg.accumulation),
-            "dense training")  # fmt: skip
+        return self.trained("baseline", {"train": to_dict(self.cfg.train)}, lambda: self.train(
+            self.new_model(), self.cfg.train, self.seed, None, "baseline",
+            f"masksparsity baseline training, seed {self.seed}"), "dense training")  # fmt: skip
 
     def sparsity_key(self) -> dict:
         return {"train": to_dict(self.cfg.train), "sparsity": to_dict(self.cfg.sparsity.schedule)}
@@ -194,9 +183,8 @@ class Runner:
             model = self.baseline()
             scope = None if sp.slimming_scope == "all_bn" else spec
             reg = slimming_regularizer(model, lam, sp.norm, scope)
-            return train_phase(model, self.data, sp.schedule, self.seed + 1, reg, self.cfg.amp, f"slimming {lam:g}",
-                               where=f"masksparsity slimming training (λ={lam:g}), seed {self.seed}",
-                               accumulation=self.cfg.accumulation)  # fmt: skip
+            return self.train(model, sp.schedule, self.seed + 1, reg, f"slimming {lam:g}",
+                              f"masksparsity slimming training (λ={lam:g}), seed {self.seed}")  # fmt: skip
 
         key = {**self.sparsity_key(), "lam": lam, "norm": sp.norm, "scope": sp.slimming_scope}
         return self.trained("slimming", key, create, "sparsity training")
@@ -208,9 +196,8 @@ class Runner:
             model = self.new_model()
             model.load_state_dict(start.state_dict())
             reg = masksparsity_regularizer(model, spec, mask, sp.masksparsity_lambda, sp.norm, sp.regularize_beta)
-            return train_phase(model, self.data, sp.schedule, self.seed + 1, reg, self.cfg.amp, "masksparsity",
-                               where=f"masksparsity MaskSparsity training, seed {self.seed}",
-                               accumulation=self.cfg.accumulation)  # fmt: skip
+            return self.train(model, sp.schedule, self.seed + 1, reg, "masksparsity",
+                              f"masksparsity MaskSparsity training, seed {self.seed}")  # fmt: skip
 
         key = {**self.sparsity_key(), "lam": sp.masksparsity_lambda, "norm": sp.norm, "beta": sp.regularize_beta,
                "start": start_key, "mask": {k: v.int().tolist() for k, v in mask.items()}}  # fmt: skip
@@ -218,10 +205,8 @@ class Runner:
 
     def control(self) -> nn.Module:
         def create() -> nn.Module:
-            return train_phase(self.baseline(), self.data, self.cfg.sparsity.schedule, self.seed + 1, None,
-                               self.cfg.amp, "control",
-                               where=f"masksparsity no-regularisation control training, seed {self.seed}",
-                               accumulation=self.cfg.accumulation)  # fmt: skip
+            return self.train(self.baseline(), self.cfg.sparsity.schedule, self.seed + 1, None, "control",
+                              f"masksparsity no-regularisation control training, seed {self.seed}")  # fmt: skip
 
         return self.trained("control", self.sparsity_key(), create, "controls")
 
@@ -231,10 +216,8 @@ class Runner:
 
         def create() -> nn.Module:
             seed_everything(self.seed + 3)
-            return train_phase(self.control(), self.data, self.cfg.finetune, self.seed + 2, None, self.cfg.amp,
-                               "dense reference",
-                               where=f"masksparsity dense reference, seed {self.seed}",
-                               accumulation=self.cfg.accumulation)  # fmt: skip
+            return self.train(self.control(), self.cfg.finetune, self.seed + 2, None, "dense reference",
+                              f"masksparsity dense reference, seed {self.seed}")  # fmt: skip
 
         key = {**self.sparsity_key(), "finetune": to_dict(self.cfg.finetune)}
         return self.trained("dense_reference", key, create, "controls")
@@ -378,8 +361,7 @@ def _prune_and_finetune(cfg, runner: Runner, spec, mask, model, label, op, dense
         seed_everything(runner.seed + 3)
         where = f"masksparsity fine-tune of the pruned {label} ({op}), seed {runner.seed}"
         with runner.resumable("finetune", {"arm": label, "op": op}):  # not cached on its own, but resumable
-            tuned = train_phase(raw, data, cfg.finetune, runner.seed + 2, None, cfg.amp, f"finetune {label}",
-                                where=where, accumulation=cfg.accumulation)  # fmt: skip
+            tuned = runner.train(raw, cfg.finetune, runner.seed + 2, None, f"finetune {label}", where)
     with phase("evaluation"):
         res["ft"] = evaluate(tuned, data, "test")[1]
         if data.has("val"):
@@ -402,9 +384,8 @@ def _scratch(cfg, runner: Runner, spec, mask, dense_cost, op) -> dict[str, float
     epochs = cfg.train.epochs + cfg.sparsity.schedule.epochs + cfg.finetune.epochs
     schedule = dataclasses.replace(cfg.train, epochs=epochs)
     with runner.resumable("scratch", {"op": op}):
-        tuned = train_phase(model, runner.data, schedule, runner.seed + 4, None, cfg.amp, "scratch",
-                            where=f"masksparsity scratch training ({op}), seed {runner.seed}",
-                            accumulation=cfg.accumulation)  # fmt: skip
+        tuned = runner.train(model, schedule, runner.seed + 4, None, "scratch",
+                             f"masksparsity scratch training ({op}), seed {runner.seed}")  # fmt: skip
     with runner.ctx.phase("evaluation"):
         pruned_cost = model_cost(tuned.eval(), runner.data.example())
         res = {"ft": evaluate(tuned, runner.data)[1],

@@ -215,7 +215,6 @@ def prune(
             return kd_objective(model, x, y, teacher=teacher, kl_coeff=s.kl_coeff, tau=s.tau, kd=kd,
                                 cnn_teacher=cnn_teacher, teacher_logits=t_logits)  # fmt: skip
 
-    model.to(device)
     for step in range(first_step, s.max_steps + 1):
         model.train()
         for _ in range(s.interval):

@@ -101,19 +101,9 @@ def solo():
 
 
 def cached(cache: ArtifactCache, tag: str, key: Any, create):
-    """``cache.get_or_create(tag, key, create)``, safe for data-parallel processes: rank 0 says whether the entry
-    exists and every process follows (so all run ``create``, with its collectives, or none does); every process
-    computes the value, only rank 0 writes it (``common.distributed``). Plain ``get_or_create`` in one process."""
-    if distributed.world_size() == 1 or _SOLO:
-        return cache.get_or_create(tag, key, create)
-    hit = distributed.broadcast_object(((tag, key) in cache) if distributed.is_main() else None)
-    if hit:
-        return cache.load(tag, key)
-    with cache.resume_slot(tag, key):  # a killed run continues its training loop (common.resume)
-        value = create()
-    if distributed.is_main():
-        cache.save(tag, key, value)
-    return value
+    """``cache.get_or_create_together`` (data-parallel processes create an entry together, rank 0 writes it), or
+    plain ``get_or_create`` while this process works alone (:func:`solo`)."""
+    return cache.get_or_create(tag, key, create) if _SOLO else cache.get_or_create_together(tag, key, create)
 
 
 def dense_dims(cfg: NViTConfig) -> ViTDims:
