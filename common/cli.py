@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from . import distributed, errors, replication, resume, runtime
+from . import distributed, errors, machine, replication, resume, runtime
 from .config import ConfigError, Preset, config_hash, describe, get_preset, override, to_dict
 from .results import (
     RECORD_FILE,
@@ -394,6 +394,8 @@ def _dispatch(
         config=cfg,
     )
     log.info("%s preset %s (config %s) on %s, %d threads", paper, args.preset, config_hash(cfg), device, threads)
+    meter = machine.UsageMeter()  # before the clock starts: its speed probe is not part of the run
+    ctx.started = time.perf_counter()
     try:
         with resume.saving_every(save_every):
             record = run(cfg, ctx)
@@ -409,6 +411,7 @@ def _dispatch(
     if ctx.timer.seconds:
         record.provenance["phases_s"] = ctx.timer.breakdown(total_s=wall)
     record.provenance.update(distributed.describe(device))
+    record.provenance["machine"] = meter.finish(wall)
     if not distributed.is_main():  # only rank 0 writes records, tables, figures and the README
         return 0
     write_json_atomic(out_dir / RECORD_FILE, record.to_json())

@@ -27,18 +27,32 @@ class Paper:
     package: str
     title: str
     venue: str
+    mini_budget_min: float
+    """Wall-time budget of ``make reproduce-<package>`` (the ``mini`` preset) on an idle 2-core CPU machine from an
+    empty cache (issue 17)."""
+    mini_budget_cached_min: float | None = None
+    """A smaller budget for a run that found an expensive input ready (diffusehigh: the committed base UNet)."""
+
+    def budget_min(self, record: RunRecord) -> float:
+        base = record.extra.get("base_model")
+        cached = isinstance(base, dict) and base.get("source") == "committed checkpoint"
+        return self.mini_budget_cached_min if cached and self.mini_budget_cached_min else self.mini_budget_min
 
 
 PAPERS = (
-    Paper("nvit", "Global Vision Transformer Pruning with Hessian-Aware Saliency (NViT)", "CVPR 2023"),
-    Paper("three_regime", "A Three-regime Model of Network Pruning", "ICML 2023"),
+    Paper("nvit", "Global Vision Transformer Pruning with Hessian-Aware Saliency (NViT)", "CVPR 2023", 15),
+    Paper("three_regime", "A Three-regime Model of Network Pruning", "ICML 2023", 20),
     Paper(
         "diffusehigh",
         "DiffuseHigh: Training-free Progressive High-Resolution Image Synthesis through Structure Guidance",
         "AAAI 2025",
+        30,
+        10,
     ),
-    Paper("darex", "DARE the Extreme: Revisiting Delta-Parameter Pruning for Fine-Tuned Models (DAREx)", "ICLR 2025"),
-    Paper("masksparsity", "Pruning-aware Sparse Regularization for Network Pruning (MaskSparsity)", "MIR 2023"),
+    Paper(
+        "darex", "DARE the Extreme: Revisiting Delta-Parameter Pruning for Fine-Tuned Models (DAREx)", "ICLR 2025", 20
+    ),
+    Paper("masksparsity", "Pruning-aware Sparse Regularization for Network Pruning (MaskSparsity)", "MIR 2023", 15),
 )
 
 CLAIM_HEADERS = ("Claim", "What the paper claims", "Preset", "Verdict", "Effect [95% CI]", "n", "Record (commit, date)")
@@ -129,6 +143,48 @@ def _replication_section(results_dir: Path) -> str:
     )
 
 
+def mini_runs(results_dir: Path, paper: Paper) -> list[tuple[str, RunRecord]]:
+    """The paper's timed runs of the ``mini`` preset: its record and the re-run with other seeds."""
+    path = results_dir / paper.package / "mini"
+    runs = [("record", load_record(path))] if (path / RECORD_FILE).exists() else []
+    replica = replication.load_replica(path)
+    return runs + ([("re-run, other seeds", replica)] if replica is not None else [])
+
+
+def _probe_cell(usage: dict | None) -> str:
+    probe = (usage or {}).get("speed_probe") or {}
+    if not probe.get("before") or not probe.get("after"):
+        return "–"
+    return f"{probe['before']['matmul_gflops']:.0f} / {probe['after']['matmul_gflops']:.0f}"
+
+
+def _time_section(results_dir: Path) -> str:
+    """Each timed ``mini`` run against its budget, with how the run used the machine (common.machine)."""
+    rows = []
+    for paper in PAPERS:
+        for which, record in mini_runs(results_dir, paper):
+            p = record.provenance
+            wall, budget = p.get("wall_time_s"), paper.budget_min(record)
+            usage = p.get("machine") or {}
+            share = f"{100 * wall / (60 * budget):.0f}%" if isinstance(wall, (int, float)) else "–"
+            rows.append((f"`{paper.package}`", which, _commit_date(record), p.get("device_name") or "–",
+                         f"{wall / 60:.1f}" if isinstance(wall, (int, float)) else "–", f"{budget:g}", share,
+                         "–" if usage.get("cores_busy") is None else f"{usage['cores_busy']:.2f}",
+                         _probe_cell(usage)))  # fmt: skip
+    headers = ["Package", "Run", "Record (commit, date)", "CPU", "Wall [min]", "Budget [min]", "Share", "Cores busy",
+               "Probe [GFLOP/s]"]  # fmt: skip
+    return (
+        "## Run time against the budgets\n\nWall time of each timed `mini` run (`make reproduce-<paper>`, empty "
+        "cache, nothing else running) against its budget for an idle 2-core CPU machine. *Cores busy*: CPU time of "
+        "the run's processes / wall time (2.00 = both cores all the time). *Probe*: a fixed one-thread matrix "
+        "product timed just before / after the run, in GFLOP/s ([common/machine.py](../common/machine.py)); "
+        "it tells a slow machine from slow code: the same VM has run identical work 1.4-1.7x faster or slower from "
+        "one run to the next, so a single run within its budget is not a guarantee on every machine. Older "
+        "records carry no probe (–). diffusehigh's budget is 10 min when the committed base UNet is used, 30 "
+        "when it is trained.\n\n" + markdown_table(headers, rows)
+    )
+
+
 def render(results_dir: Path | None = None) -> str:
     results_dir = results_dir or results_root()
     counts: dict[str, int] = {}
@@ -166,6 +222,7 @@ def render(results_dir: Path | None = None) -> str:
             else "_No records yet: run `make reproduce-all`._"
         ),
         _replication_section(results_dir),
+        _time_section(results_dir),
         "## Methods side by side\n\nEach paper's main comparison at our scale, with the paper's number where it "
         "could be read from the paper (never estimated). Full tables, figures and deviations are in the cards.",
     ]

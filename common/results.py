@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import machine
 from .runtime import REPO_ROOT, atomic_write_bytes
 from .stats import (  # noqa: F401 (the verdict vocabulary lives in common.stats; re-exported for old imports)
     INCONCLUSIVE,
@@ -430,6 +431,9 @@ def _describe_run(record: RunRecord) -> str:
     if phases and isinstance(wall, (int, float)) and wall > 0:
         shares = " · ".join(f"{name} {_duration(sec)} ({100 * sec / wall:.0f}%)" for name, sec in phases.items())
         line += f"<br>\nTime by phase: {shares}"
+    usage = machine.describe(p.get("machine"))
+    if usage:
+        line += f"<br>\n{usage}"
     return line
 
 

@@ -14,6 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported 
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "DIFFUSERS_OFFLINE"):
     os.environ[_var] = "1"
 os.environ["PRUNE_REPRO_PROGRESS"] = "0"
+os.environ["PRUNE_REPRO_SPEED_PROBE"] = "0"  # every run's one-second speed probe (common.machine): tested on its own
 _SESSION_DIR = tempfile.mkdtemp(prefix="prune-repro-tests-")
 os.environ["PRUNE_REPRO_CACHE"] = os.path.join(_SESSION_DIR, "cache")
 os.environ["PRUNE_REPRO_RESULTS"] = os.path.join(_SESSION_DIR, "results")

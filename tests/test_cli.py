@@ -38,6 +38,9 @@ def test_smoke_run_writes_a_valid_record(smoke_results):
     assert record.config == json.loads(json.dumps(record.config)) and len(record.config_hash) == 12
     assert record.provenance["wall_time_s"] > 0 and record.provenance["threads"] >= 1
     assert record.provenance["packages"]["torch"]
+    usage = record.provenance["machine"]  # how the run used the machine (common.machine); the probe is off in tests
+    assert usage["cpu_s"] > 0 and 0 < usage["cores_busy"] <= usage["cores"] + 0.1
+    assert usage["speed_probe"] is None
     cfg = config.smoke()
     n_masks = len(cfg.prune.mask_seeds) * len(cfg.seeds)
     assert record.extra["regimes"] == ["text", "synthetic"]
