@@ -4,15 +4,20 @@ A wall time alone does not say whether a run was slow or its machine was: the sa
 ``mini`` 1.4-1.7x faster or slower from one run to the next (identical results; ``darex``, ``masksparsity``
 cards). :class:`UsageMeter` records, for one ``reproduce`` run:
 
+- ``cpu``: the CPU model, its vector extensions, the kernels torch picked for it (AVX2, AVX512, ...) and threads
+  per core (:func:`cpu_description`): users' CPUs differ from CI's, and torch's kernels differ with them;
 - ``cpu_s``: CPU time (user + system) of the run's own process tree (worker processes included once they have
   exited, as every pool here does before the record is written), and ``cores_busy`` = ``cpu_s`` / wall, the
   average number of cores the run kept busy (2.0 = both cores all the time);
 - ``others_cpu_s``: CPU time the rest of the machine used meanwhile (``/proc/stat``; Linux only), i.e. how far
   from "nothing else running" the run was; ``steal_s``: time the hypervisor gave this VM's cores to others;
 - ``speed_probe``: a fixed single-thread workload timed just before and just after the run
-  (:func:`speed_probe`, about a second each): float32 matrix products of the small sizes these presets use
-  (GFLOP/s) and the per-call cost of a tiny op (dispatch overhead, microseconds). A run that took 1.5x longer
-  while its probes read 1.5x lower was on a slower machine (or turn of it), not running slower code.
+  (:func:`speed_probe`, 1.5 s each): float32 matrix products of the small sizes these presets use (GFLOP/s,
+  median and range over 0.1-s windows) and the per-call cost of a tiny op (dispatch overhead, microseconds). A
+  run that took 1.5x longer while its probes read 1.5x lower was on a slower machine (or turn of it), not running
+  slower code. The probe samples 3 s of the run's time, and this VM's speed has been seen to swing between 22 and
+  67 GFLOP/s from one 0.1-s window to the next (and to stay near 65-80 at other times), so it is evidence about
+  the machine's state, not a correction factor.
 
 The probe is skipped when ``$PRUNE_REPRO_SPEED_PROBE`` is 0 (the test suite does so; it then reads ``null``).
 Nothing here changes a result: the probe runs outside the timed run, on its own tensors and one thread.
@@ -63,40 +68,84 @@ def _machine_cpu_s() -> dict[str, float] | None:
     return {"busy": user + nice + system + irq + softirq, "steal": steal}
 
 
-def _rate(fn, budget_s: float, calibrate: int) -> float:
-    """Seconds per call of ``fn``: best of five rounds, each round repeating it for about ``budget_s / 6``."""
+WINDOW_S = 0.1
+"""Length of one probe window: this VM's speed changes from one tenth of a second to the next."""
+
+
+def _window_rates(fn, seconds: float, work: float) -> list[float]:
+    """``work`` units per second of ``fn`` in consecutive windows of :data:`WINDOW_S`, for about ``seconds``."""
     fn()  # warm-up (allocations, kernel selection)
-    t = time.perf_counter()
-    for _ in range(calibrate):
-        fn()
-    once = max((time.perf_counter() - t) / calibrate, 1e-9)
-    reps = max(calibrate, int(budget_s / 6 / once))
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(reps):
+    rates = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or not rates:
+        calls, t = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t) < WINDOW_S:
             fn()
-        best = min(best, (time.perf_counter() - t) / reps)
-    return best
+            calls += 1
+        rates.append(work * calls / elapsed)
+    return rates
 
 
-def speed_probe(seconds: float = 1.0) -> dict[str, float]:
-    """This machine's speed now, on one torch thread, in about ``seconds``: ``matmul_gflops`` (float32
-    ``(256 x 256) @ (256 x 256)``, the size of the presets' small layers) and ``small_op_us`` (one ``add`` of two
-    16-element tensors, in place: the per-op overhead that dominates tiny models). Best of five rounds each, so a short
-    interruption does not count; a machine shared with another busy VM reads lower throughout."""
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def speed_probe(seconds: float = 1.5) -> dict[str, float]:
+    """This machine's speed now, on one torch thread, in about ``seconds``: ``matmul_gflops``, the median over
+    0.1-s windows of float32 ``(256 x 256) @ (256 x 256)`` (the size of the presets' small layers), with its lowest
+    and highest window (``matmul_gflops_min``/``_max``: how steady the machine was), and ``small_op_us``, the median
+    cost of one in-place ``add`` of two 16-element tensors (the per-op overhead that dominates tiny models).
+    Medians, not best times: the probe is there to see a machine slowed by its neighbours, not to ignore it."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         gen = torch.Generator().manual_seed(0)
         a, b = torch.randn(256, 256, generator=gen), torch.randn(256, 256, generator=gen)
         out = torch.empty(256, 256)
-        s_mm = _rate(lambda: torch.mm(a, b, out=out), seconds * 0.6, calibrate=5)
+        mm = _window_rates(lambda: torch.mm(a, b, out=out), seconds * 0.7, work=2 * 256**3 / 1e9)
         u, v = torch.zeros(16), torch.ones(16)
-        s_add = _rate(lambda: u.add_(v), seconds * 0.4, calibrate=1000)
+        add = _window_rates(lambda: u.add_(v), seconds * 0.3, work=1e-6)  # millions of calls per second
     finally:
         torch.set_num_threads(threads)
-    return {"matmul_gflops": round(2 * 256**3 / s_mm / 1e9, 1), "small_op_us": round(s_add * 1e6, 2)}
+    return {
+        "matmul_gflops": round(_median(mm), 1),
+        "matmul_gflops_min": round(min(mm), 1),
+        "matmul_gflops_max": round(max(mm), 1),
+        "small_op_us": round(1 / _median(add), 2),
+    }
+
+
+def cpu_description() -> dict[str, Any]:
+    """Which CPU, as far as a run's speed depends on it: the model name, family and model number, the vector
+    extensions torch can use, the kernels it chose (``ATEN_CPU_CAPABILITY`` forces them), and threads per core
+    (2 = the two "cores" may be one core's hyperthreads). Empty fields where the OS does not say."""
+    info: dict[str, Any] = {"kernels": torch.backends.cpu.get_cpu_capability()}
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    fields: dict[str, str] = {}
+    for line in lines:
+        if not line.strip():
+            break  # the first processor is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    if fields:
+        flags = set(fields.get("flags", "").split())
+        info.update(model_name=fields.get("model name"), family=fields.get("cpu family"), model=fields.get("model"),
+                    isa=[f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags])  # fmt: skip
+    try:
+        siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read_text().strip()
+        count = 0
+        for part in siblings.split(","):  # "0", "0-1" or "0,64"
+            first, _, last = part.partition("-")
+            count += int(last) - int(first) + 1 if last else 1
+        info["threads_per_core"] = count
+    except (OSError, ValueError):
+        pass
+    return info
 
 
 class UsageMeter:
@@ -113,6 +162,7 @@ class UsageMeter:
         cpu_s = _own_cpu_s() - self.cpu_start
         machine_end = _machine_cpu_s()
         out: dict[str, Any] = {
+            "cpu": cpu_description(),
             "cores": visible_cores(),
             "cpu_s": round(cpu_s, 1),
             "cores_busy": round(cpu_s / wall_s, 2) if wall_s > 0 else None,
@@ -132,6 +182,11 @@ def describe(machine: dict[str, Any] | None) -> str:
     if not machine:
         return ""
     parts = []
+    cpu = machine.get("cpu") or {}
+    if cpu:
+        per_core = cpu.get("threads_per_core")
+        parts.append(f"{cpu.get('model_name') or 'CPU'}, torch kernels {cpu.get('kernels')}"
+                     + (f", {per_core} thread(s) per core" if per_core else ""))  # fmt: skip
     if machine.get("cores_busy") is not None:
         parts.append(f"{machine['cores_busy']:.2f} of {machine.get('cores', '?')} cores busy with this run "
                      f"({machine['cpu_s']:.0f} CPU-s)")  # fmt: skip
@@ -141,6 +196,11 @@ def describe(machine: dict[str, Any] | None) -> str:
     probe = machine.get("speed_probe")
     if probe and probe.get("before") and probe.get("after"):
         b, a = probe["before"], probe["after"]
+        ranges = ""
+        if "matmul_gflops_min" in b and "matmul_gflops_min" in a:
+            ranges = (f" (0.1-s windows: {b['matmul_gflops_min']:.0f}-{b['matmul_gflops_max']:.0f} / "
+                      f"{a['matmul_gflops_min']:.0f}-{a['matmul_gflops_max']:.0f})")  # fmt: skip
         parts.append(f"speed probe (1 thread) before/after: {b['matmul_gflops']:.0f}/{a['matmul_gflops']:.0f} "
-                     f"GFLOP/s matmul, {b['small_op_us']:.1f}/{a['small_op_us']:.1f} µs per small op")  # fmt: skip
+                     f"GFLOP/s matmul{ranges}, "
+                     f"{b['small_op_us']:.1f}/{a['small_op_us']:.1f} µs per small op")  # fmt: skip
     return "Machine: " + " · ".join(parts) if parts else ""
