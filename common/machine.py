@@ -11,13 +11,13 @@ cards). :class:`UsageMeter` records, for one ``reproduce`` run:
   average number of cores the run kept busy (2.0 = both cores all the time);
 - ``others_cpu_s``: CPU time the rest of the machine used meanwhile (``/proc/stat``; Linux only), i.e. how far
   from "nothing else running" the run was; ``steal_s``: time the hypervisor gave this VM's cores to others;
-- ``speed_probe``: a fixed single-thread workload timed just before and just after the run
-  (:func:`speed_probe`, 1.5 s each): float32 matrix products of the small sizes these presets use (GFLOP/s,
-  median and range over 0.1-s windows) and the per-call cost of a tiny op (dispatch overhead, microseconds). A
-  run that took 1.5x longer while its probes read 1.5x lower was on a slower machine (or turn of it), not running
-  slower code. The probe samples 3 s of the run's time, and this VM's speed has been seen to swing between 22 and
-  67 GFLOP/s from one 0.1-s window to the next (and to stay near 65-80 at other times), so it is evidence about
-  the machine's state, not a correction factor.
+- ``speed_probe``: fixed workloads timed just before and just after the run (:func:`speed_probe`, 1.5 s each):
+  float32 matrix products of the small sizes these presets use on one core (GFLOP/s, median and range over 0.1-s
+  windows) and on all cores at once, the per-call cost of a tiny op (dispatch overhead) and the bandwidth of a
+  large memory copy. A run that took 1.5x longer while its probes read 1.5x lower was on a slower machine (or a
+  slower turn of it), not running slower code. The probe samples 3 s of the run's time, and this VM's speed has
+  swung between 22 and 67 GFLOP/s from one 0.1-s window to the next, so it is evidence about the machine's
+  state, not a correction factor.
 
 The probe is skipped when ``$PRUNE_REPRO_SPEED_PROBE`` is 0 (the test suite does so; it then reads ``null``).
 Nothing here changes a result: the probe runs outside the timed run, on its own tensors and one thread.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -86,34 +87,75 @@ def _window_rates(fn, seconds: float, work: float) -> list[float]:
     return rates
 
 
+def _matmul(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(256, 256, generator=gen), torch.randn(256, 256, generator=gen)
+    out = torch.empty(256, 256)
+    return lambda: torch.mm(a, b, out=out)
+
+
+MATMUL_GFLOP = 2 * 256**3 / 1e9
+
+
+def _all_cores_matmul(seconds: float, cores: int) -> float:
+    """Median GFLOP/s of one core while every visible core runs the same matrix product (one Python thread per
+    core; torch releases the GIL inside the product, and runs it on the calling thread with one intra-op thread)."""
+    results: list[list[float]] = [[] for _ in range(cores)]
+
+    def work(i: int) -> None:
+        results[i] = _window_rates(_matmul(i), seconds, MATMUL_GFLOP)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(cores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return _median([_median(r) for r in results if r])
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+COPY_FLOATS = 16 * 2**20
+"""The memory probe copies 64 MiB: more than the last-level cache of the CPUs seen here (32 MiB), so it measures
+the memory bandwidth left by the machine's other tenants."""
+
+
 def speed_probe(seconds: float = 1.5) -> dict[str, float]:
     """This machine's speed now, on one torch thread, in about ``seconds``: ``matmul_gflops``, the median over
     0.1-s windows of float32 ``(256 x 256) @ (256 x 256)`` (the size of the presets' small layers), with its lowest
-    and highest window (``matmul_gflops_min``/``_max``: how steady the machine was), and ``small_op_us``, the median
-    cost of one in-place ``add`` of two 16-element tensors (the per-op overhead that dominates tiny models).
+    and highest window (``matmul_gflops_min``/``_max``: how steady the machine was); ``matmul_gflops_all_cores``,
+    the same per core while every visible core runs one (the presets run one worker per core), and ``core_scaling``,
+    its ratio to the one-core rate (about 1 when the cores are independent, about 0.5-0.6 when two "cores" are one
+    core's hyperthreads or share a saturated cache or memory bus); ``small_op_us``, the median
+    cost of one in-place ``add`` of two 16-element tensors (the per-op overhead that dominates tiny models), and
+    ``memory_gbps``, the median bandwidth of copying 64 MiB (read + write; convolutions and evaluation over large
+    activations depend on it, and neighbours on the same host share it).
     Medians, not best times: the probe is there to see a machine slowed by its neighbours, not to ignore it."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        gen = torch.Generator().manual_seed(0)
-        a, b = torch.randn(256, 256, generator=gen), torch.randn(256, 256, generator=gen)
-        out = torch.empty(256, 256)
-        mm = _window_rates(lambda: torch.mm(a, b, out=out), seconds * 0.7, work=2 * 256**3 / 1e9)
+        mm = _window_rates(_matmul(0), seconds * 0.35, MATMUL_GFLOP)
+        cores = visible_cores()
+        mm_all = _all_cores_matmul(seconds * 0.2, cores) if cores > 1 else _median(mm)
         u, v = torch.zeros(16), torch.ones(16)
-        add = _window_rates(lambda: u.add_(v), seconds * 0.3, work=1e-6)  # millions of calls per second
+        add = _window_rates(lambda: u.add_(v), seconds * 0.15, work=1e-6)  # millions of calls per second
+        src = torch.zeros(COPY_FLOATS)
+        dst = torch.empty_like(src)
+        copy = _window_rates(lambda: dst.copy_(src), seconds * 0.3, work=2 * 4 * COPY_FLOATS / 1e9)  # read + write
     finally:
         torch.set_num_threads(threads)
     return {
         "matmul_gflops": round(_median(mm), 1),
         "matmul_gflops_min": round(min(mm), 1),
         "matmul_gflops_max": round(max(mm), 1),
+        "matmul_gflops_all_cores": round(mm_all, 1),
+        "core_scaling": round(mm_all / _median(mm), 2),
         "small_op_us": round(1 / _median(add), 2),
+        "memory_gbps": round(_median(copy), 1),
     }
 
 
@@ -200,7 +242,13 @@ def describe(machine: dict[str, Any] | None) -> str:
         if "matmul_gflops_min" in b and "matmul_gflops_min" in a:
             ranges = (f" (0.1-s windows: {b['matmul_gflops_min']:.0f}-{b['matmul_gflops_max']:.0f} / "
                       f"{a['matmul_gflops_min']:.0f}-{a['matmul_gflops_max']:.0f})")  # fmt: skip
+        memory = ""
+        if "core_scaling" in b and "core_scaling" in a:
+            memory += (f", all cores at once {b['matmul_gflops_all_cores']:.0f}/{a['matmul_gflops_all_cores']:.0f} "
+                       f"GFLOP/s per core (x{b['core_scaling']:.2f}/x{a['core_scaling']:.2f})")  # fmt: skip
+        if "memory_gbps" in b and "memory_gbps" in a:
+            memory += f", {b['memory_gbps']:.0f}/{a['memory_gbps']:.0f} GB/s memory copy"
         parts.append(f"speed probe (1 thread) before/after: {b['matmul_gflops']:.0f}/{a['matmul_gflops']:.0f} "
                      f"GFLOP/s matmul{ranges}, "
-                     f"{b['small_op_us']:.1f}/{a['small_op_us']:.1f} µs per small op")  # fmt: skip
+                     f"{b['small_op_us']:.1f}/{a['small_op_us']:.1f} µs per small op{memory}")  # fmt: skip
     return "Machine: " + " · ".join(parts) if parts else ""

@@ -20,9 +20,11 @@ def _spin(seconds: float) -> None:
 def test_speed_probe_reads_positive_rates_on_one_thread_and_restores_the_threads():
     before = torch.get_num_threads()
     probe = machine.speed_probe(seconds=0.2)
-    assert set(probe) == {"matmul_gflops", "matmul_gflops_min", "matmul_gflops_max", "small_op_us"}
+    assert set(probe) == {"matmul_gflops", "matmul_gflops_min", "matmul_gflops_max", "matmul_gflops_all_cores",
+                          "core_scaling", "small_op_us", "memory_gbps"}  # fmt: skip
     assert 0 < probe["matmul_gflops_min"] <= probe["matmul_gflops"] <= probe["matmul_gflops_max"]
-    assert 0 < probe["small_op_us"] < 1e4
+    assert 0 < probe["small_op_us"] < 1e4 and probe["memory_gbps"] > 0
+    assert probe["matmul_gflops_all_cores"] > 0 and probe["core_scaling"] > 0
     assert torch.get_num_threads() == before
 
 
