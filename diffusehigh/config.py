@@ -315,8 +315,7 @@ def mini() -> DiffuseHighConfig:
     4,000 steps in two single-thread worker processes 19.7 min, sampling and metrics of the two seeds in two worker
     processes 6.3 min (before: 55.5 min, 5,000 steps on 2 threads, a mid-block attention at every size). The
     checkpoint that run trained is committed (checkpoints/mini_unet.safetensors), so a fresh clone skips the
-    training: 6.6 min measured with it (398 s, commit ef63507, 8 timing repeats; the replica with seeds 2, 3:
-    378 s; budget 10).
+    training (budget 10 min; every timed run: results/README.md, "Run time against the budgets").
     ``python -m diffusehigh train --preset mini`` trains the same weights.
     Targets: the paper's qualitative claims, not its tables (which could not be read): direct sampling above the
     training resolution repeats objects and DiffuseHigh does not; the DWT guidance keeps the low-resolution

@@ -300,9 +300,8 @@ def mini() -> MaskSparsityConfig:
     §5.7). Images are area-downsampled to 14x14. Six seeds (two replication halves of three) run in two
     single-thread worker processes; the speedups are timed afterwards in the main process alone. Accuracy
     after fine-tuning is measured on all 10,000 test images, before and right after pruning on a 1,000-image
-    subset of them. Command: ``make reproduce-masksparsity``. Hardware: 2-core CPU. Time: 7.6 min measured
-    (455 s, the record's run, commit 7a85007, AMD EPYC, two workers); the same record took 768 s (commit 4050755)
-    and its replica (seeds 6-11) 737 s earlier the same day on the same machine type; budget 15 min.
+    subset of them. Command: ``make reproduce-masksparsity``. Hardware: 2-core CPU. Time: budget 15 min (idle
+    2-core machine, empty cache); every timed run is in results/README.md ("Run time against the budgets").
     Targets: the paper's qualitative claims (NS under-fits, MaskSparsity does not; smaller drop right after
     pruning; at least as accurate as the best Network Slimming at equal FLOPs; better than the same epochs
     without the penalty; no loss at 63 % FLOPs removed); the abstract's operating points.

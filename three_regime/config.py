@@ -288,8 +288,9 @@ def mini() -> ThreeRegimeConfig:
     the 20-minute budget of issue 17. A step of this 4 x 256 BN-MLP costs ~7 ms per worker (compute-bound: the
     forward pass alone is a third of it; ``foreach`` SGD measured no faster), and 480k of the 540k steps were
     retraining, so retraining is 12 epochs now (decays at epochs 7 and 10, the reported error the mean of the last
-    3, all at the final lr): about 250k steps, **measured 14.9 min** (891 s, commit 4625db3, idle AMD EPYC); the
-    verdicts are those of the 30-epoch run (C1, C3 reproduced; C2 inconclusive; C4-C6 not testable).
+    3, all at the final lr): about 250k steps, measured 14.9 min (891 s, commit 4625db3, idle AMD EPYC; every
+    timed run since: results/README.md, "Run time against the budgets"); the verdicts are those of the 30-epoch
+    run (C1, C3 reproduced; C2 inconclusive; C4-C6 not testable).
     The 30-epoch retraining: ``--set retrain.epochs=30 --set retrain.test_error_last_epochs=5``.
     Targets: Fig. 2 (PreResNet-20 / CIFAR-10, temperature = training epochs) as a qualitative analogue, and
     the claims of three_regime/claims.py. Changes from the earlier 10-minute version (issue 12): 16,000
