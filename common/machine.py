@@ -15,9 +15,12 @@ cards). :class:`UsageMeter` records, for one ``reproduce`` run:
   float32 matrix products of the small sizes these presets use on one core (GFLOP/s, median and range over 0.1-s
   windows) and on all cores at once, the per-call cost of a tiny op (dispatch overhead) and the bandwidth of a
   large memory copy. A run that took 1.5x longer while its probes read 1.5x lower was on a slower machine (or a
-  slower turn of it), not running slower code. The probe samples 3 s of the run's time, and this VM's speed has
-  swung between 22 and 67 GFLOP/s from one 0.1-s window to the next, so it is evidence about the machine's
-  state, not a correction factor.
+  slower turn of it), not running slower code; normal probes do not show the reverse, since they sample 3 s at
+  the two ends of the run (darex's mini record, commit 9727328: probes 67 and 69 GFLOP/s, as on a fast turn,
+  yet its jobs took 1.46x the CPU time of identical work in the previous record). This VM's speed has swung
+  between 22 and 67 GFLOP/s from one 0.1-s window to the next: the probe is evidence about the machine's
+  state, not a correction factor. The all-cores product tells whether the cores slow each other down (the
+  presets keep both busy): 0.54-0.81 of the one-core rate per core in three probes a minute apart here.
 
 The probe is skipped when ``$PRUNE_REPRO_SPEED_PROBE`` is 0 (the test suite does so; it then reads ``null``).
 Nothing here changes a result: the probe runs outside the timed run, on its own tensors and one thread.

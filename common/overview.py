@@ -177,11 +177,12 @@ def _time_section(results_dir: Path) -> str:
         "## Run time against the budgets\n\nWall time of each timed `mini` run (`make reproduce-<paper>`, empty "
         "cache, nothing else running) against its budget for an idle 2-core CPU machine. *Cores busy*: CPU time of "
         "the run's processes / wall time (2.00 = both cores all the time). *Probe*: a fixed one-thread matrix "
-        "product timed just before / after the run, in GFLOP/s ([common/machine.py](../common/machine.py)); "
-        "it tells a slow machine from slow code: the same VM has run identical work 1.4-1.7x faster or slower from "
-        "one run to the next, so a single run within its budget is not a guarantee on every machine. Older "
-        "records carry no probe (–). diffusehigh's budget is 10 min when the committed base UNet is used, 30 "
-        "when it is trained.\n\n" + markdown_table(headers, rows)
+        "product timed just before / after the run, in GFLOP/s ([common/machine.py](../common/machine.py)): the "
+        "machine's state at the start and the end, not throughout (a run can be slowed in between with normal "
+        "probes). The same VM has run identical work 1.4-1.7x faster or slower from one run to the next, so one "
+        "run within its budget is not a guarantee for the next, or for another machine. Older records carry no "
+        "probe (–). diffusehigh's budget is 10 min when the committed base UNet is used, 30 when it is trained."
+        "\n\n" + markdown_table(headers, rows)
     )
 
 
