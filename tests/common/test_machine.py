@@ -1,6 +1,7 @@
 """common.machine: the speed probe and the run's CPU accounting that every record's provenance carries."""
 
-import multiprocessing
+import subprocess
+import sys
 import time
 
 import pytest
@@ -11,10 +12,7 @@ from common import machine
 pytestmark = pytest.mark.kernel_independent  # timings and counters, no floats compared
 
 
-def _spin(seconds: float) -> None:
-    end = time.process_time() + seconds
-    while time.process_time() < end:
-        pass
+SPIN = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end:\n    pass\n"
 
 
 def test_speed_probe_reads_positive_rates_on_one_thread_and_restores_the_threads():
@@ -32,9 +30,7 @@ def test_the_meter_counts_exited_worker_processes_and_the_probe_can_be_switched_
     monkeypatch.setenv(machine.PROBE_ENV, "0")
     meter = machine.UsageMeter()
     started = time.perf_counter()
-    child = multiprocessing.get_context("spawn").Process(target=_spin, args=(0.6,))
-    child.start()
-    child.join()
+    subprocess.run([sys.executable, "-c", SPIN], check=True)  # a worker that has exited (and been waited for)
     usage = meter.finish(time.perf_counter() - started)
     assert usage["speed_probe"] is None
     assert usage["cpu_s"] >= 0.5, "the exited worker's CPU time is the run's"

@@ -157,6 +157,9 @@ def test_smoke_in_two_processes_equals_one_process(tmp_path):
         assert abs(a.mean - b.mean) <= tol, (key, a.mean, b.mean)
 
 
+# ~50 s (three 2-process launches): `make test-slow`, with the other real-kill tests (tests/test_kill_and_resume.py),
+# to keep `make test` with the install well under 15 minutes; the one-process resume of train_phase is in make test
+@pytest.mark.slow
 @pytest.mark.kernel_independent  # both runs use the same kernels
 def test_a_killed_data_parallel_training_resumes_to_the_uninterrupted_result(tmp_path):
     """Two processes train inside a resume slot; killed right after saving epoch 1 (both exit at once, as a pre-empted
