@@ -132,3 +132,22 @@ def kill_and_resume(tmp_path, kill_after, monkeypatch):
         return reference, resumed, list(restored)
 
     return go
+
+
+def run_darex_smoke(root, workers: int):
+    """darex's ``smoke`` preset in this process with ``workers`` worker processes, from an empty cache of its own
+    (``root/cache``, so the fine-tunes are trained); its record is in ``root/darex/smoke``."""
+    from tests.test_cli import run_cli
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRUNE_REPRO_CACHE", str(root / "cache"))
+        mp.setenv("PRUNE_REPRO_WORKERS", str(workers))
+        assert run_cli("reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(root)) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def darex_smoke(tmp_path_factory):
+    """One darex ``smoke`` run with 2 workers per session (~30 s), shared by tests/test_cli.py and
+    tests/darex/test_reproduce.py: its results folder, with its cache in ``cache/``."""
+    return run_darex_smoke(tmp_path_factory.mktemp("darex-smoke-w2"), 2)

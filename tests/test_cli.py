@@ -22,10 +22,8 @@ def run_cli(*argv: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory):
-    results_dir = tmp_path_factory.mktemp("results")
-    assert run_cli("reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(results_dir)) == 0
-    return results_dir
+def smoke_results(darex_smoke):
+    return darex_smoke  # the session's darex smoke run (tests/conftest.py), 2 worker processes
 
 
 def test_smoke_run_writes_a_valid_record(smoke_results):
@@ -87,6 +85,7 @@ def test_rerun_uses_the_cache(smoke_results, tmp_path, monkeypatch):
     def must_not_train(*args, **kwargs):
         raise AssertionError("the cached pre-trained/fine-tuned pair should have been reused")
 
+    monkeypatch.setenv("PRUNE_REPRO_CACHE", str(smoke_results / "cache"))  # the first run's cache
     monkeypatch.setenv("PRUNE_REPRO_WORKERS", "1")  # in this process, where the patches apply
     monkeypatch.setattr(reproduce, "finetune", must_not_train)
     monkeypatch.setattr(synthetic, "train", must_not_train)

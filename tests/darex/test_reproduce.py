@@ -16,30 +16,19 @@ from common.runtime import REPO_ROOT, generator
 from darex import claims, config, reproduce, synthetic
 from darex.method import dare
 from darex.regimes import SEARCH_MASK, SYNTHETIC, TEXT, mask_ids, model_table, reference_table
-from tests.test_cli import run_cli
+from tests.conftest import run_darex_smoke
 
 pytestmark = pytest.mark.e2e  # whole preset runs; `make test` skips them on its second kernel pass
 
 
-def _smoke(tmp_path_factory, workers: int) -> Path:
-    """The smoke preset in this process with ``workers`` worker processes, from an empty cache of its own (so the
-    fine-tunes are trained)."""
-    root = tmp_path_factory.mktemp(f"w{workers}")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PRUNE_REPRO_CACHE", str(root / "cache"))
-        mp.setenv("PRUNE_REPRO_WORKERS", str(workers))
-        assert run_cli("reproduce", "--preset", "smoke", "--no-readme", "--results-dir", str(root)) == 0
-    return root / "darex" / "smoke"
-
-
 @pytest.fixture(scope="module")
 def smoke_one_worker(tmp_path_factory):
-    return _smoke(tmp_path_factory, 1)
+    return run_darex_smoke(tmp_path_factory.mktemp("w1"), 1) / "darex" / "smoke"
 
 
 @pytest.fixture(scope="module")
-def smoke_two_workers(tmp_path_factory):
-    return _smoke(tmp_path_factory, 2)
+def smoke_two_workers(darex_smoke):
+    return darex_smoke / "darex" / "smoke"  # the session's run (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
