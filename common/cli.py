@@ -394,7 +394,9 @@ def _dispatch(
         config=cfg,
     )
     log.info("%s preset %s (config %s) on %s, %d threads", paper, args.preset, config_hash(cfg), device, threads)
-    meter = machine.UsageMeter()  # before the clock starts: its speed probe is not part of the run
+    # before the clock starts: the speed probe is not part of the run; rank 0 alone probes (it writes the record,
+    # and N ranks probing every core at once would measure each other)
+    meter = machine.UsageMeter(probe=None if distributed.is_main() else False)
     ctx.started = time.perf_counter()
     try:
         with resume.saving_every(save_every):
