@@ -33,6 +33,7 @@ import resource
 import threading
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import torch
@@ -113,13 +114,7 @@ def _all_cores_matmul(seconds: float, cores: int) -> float:
         t.start()
     for t in threads:
         t.join()
-    return _median([_median(r) for r in results if r])
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return median([median(r) for r in results if r])
 
 
 COPY_FLOATS = 16 * 2**20
@@ -143,7 +138,7 @@ def speed_probe(seconds: float = 1.5) -> dict[str, float]:
     try:
         mm = _window_rates(_matmul(0), seconds * 0.35, MATMUL_GFLOP)
         cores = visible_cores()
-        mm_all = _all_cores_matmul(seconds * 0.2, cores) if cores > 1 else _median(mm)
+        mm_all = _all_cores_matmul(seconds * 0.2, cores) if cores > 1 else median(mm)
         u, v = torch.zeros(16), torch.ones(16)
         add = _window_rates(lambda: u.add_(v), seconds * 0.15, work=1e-6)  # millions of calls per second
         src = torch.zeros(COPY_FLOATS)
@@ -152,14 +147,30 @@ def speed_probe(seconds: float = 1.5) -> dict[str, float]:
     finally:
         torch.set_num_threads(threads)
     return {
-        "matmul_gflops": round(_median(mm), 1),
+        "matmul_gflops": round(median(mm), 1),
         "matmul_gflops_min": round(min(mm), 1),
         "matmul_gflops_max": round(max(mm), 1),
         "matmul_gflops_all_cores": round(mm_all, 1),
-        "core_scaling": round(mm_all / _median(mm), 2),
-        "small_op_us": round(1 / _median(add), 2),
-        "memory_gbps": round(_median(copy), 1),
+        "core_scaling": round(mm_all / median(mm), 2),
+        "small_op_us": round(1 / median(add), 2),
+        "memory_gbps": round(median(copy), 1),
     }
+
+
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (``model name``, ``flags``, ...); empty where there is no
+    such file."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in lines:
+        if not line.strip():
+            break  # the first processor is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
 
 
 def cpu_description() -> dict[str, Any]:
@@ -167,16 +178,7 @@ def cpu_description() -> dict[str, Any]:
     extensions torch can use, the kernels it chose (``ATEN_CPU_CAPABILITY`` forces them), and threads per core
     (2 = the two "cores" may be one core's hyperthreads). Empty fields where the OS does not say."""
     info: dict[str, Any] = {"kernels": torch.backends.cpu.get_cpu_capability()}
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    fields: dict[str, str] = {}
-    for line in lines:
-        if not line.strip():
-            break  # the first processor is enough
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
+    fields = cpuinfo()
     if fields:
         flags = set(fields.get("flags", "").split())
         info.update(model_name=fields.get("model name"), family=fields.get("cpu family"), model=fields.get("model"),
@@ -245,13 +247,13 @@ def describe(machine: dict[str, Any] | None) -> str:
         if "matmul_gflops_min" in b and "matmul_gflops_min" in a:
             ranges = (f" (0.1-s windows: {b['matmul_gflops_min']:.0f}-{b['matmul_gflops_max']:.0f} / "
                       f"{a['matmul_gflops_min']:.0f}-{a['matmul_gflops_max']:.0f})")  # fmt: skip
-        memory = ""
+        more = ""
         if "core_scaling" in b and "core_scaling" in a:
-            memory += (f", all cores at once {b['matmul_gflops_all_cores']:.0f}/{a['matmul_gflops_all_cores']:.0f} "
+            more += (f", all cores at once {b['matmul_gflops_all_cores']:.0f}/{a['matmul_gflops_all_cores']:.0f} "
                        f"GFLOP/s per core (x{b['core_scaling']:.2f}/x{a['core_scaling']:.2f})")  # fmt: skip
         if "memory_gbps" in b and "memory_gbps" in a:
-            memory += f", {b['memory_gbps']:.0f}/{a['memory_gbps']:.0f} GB/s memory copy"
+            more += f", {b['memory_gbps']:.0f}/{a['memory_gbps']:.0f} GB/s memory copy"
         parts.append(f"speed probe (1 thread) before/after: {b['matmul_gflops']:.0f}/{a['matmul_gflops']:.0f} "
                      f"GFLOP/s matmul{ranges}, "
-                     f"{b['small_op_us']:.1f}/{a['small_op_us']:.1f} µs per small op{memory}")  # fmt: skip
+                     f"{b['small_op_us']:.1f}/{a['small_op_us']:.1f} µs per small op{more}")  # fmt: skip
     return "Machine: " + " · ".join(parts) if parts else ""

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from . import machine
 from .runtime import progress
 
 R = TypeVar("R")
@@ -42,11 +43,7 @@ def default_workers() -> int:
     env = os.environ.get("PRUNE_REPRO_WORKERS")
     if env:
         return max(1, int(env))
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        cpus = os.cpu_count() or 1
-    return max(1, min(2, cpus))
+    return max(1, min(2, machine.visible_cores()))
 
 
 def _init_worker(threads: int, env: dict[str, str]) -> None:

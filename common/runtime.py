@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .machine import cpuinfo
 
 T = TypeVar("T")
 
@@ -70,10 +71,9 @@ def device_name(device: torch.device) -> str:
     """A human-readable device description for records: the GPU model or the CPU model."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+    name = cpuinfo().get("model name")
+    if name:
+        return name
     import platform
 
     return platform.processor() or platform.machine()
