@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from . import distributed, errors, machine, replication, resume, runtime
+from . import distributed, errors, machine, parallel, replication, resume, runtime
 from .config import ConfigError, Preset, config_hash, describe, get_preset, override, to_dict
 from .results import (
     RECORD_FILE,
@@ -399,7 +399,7 @@ def _dispatch(
     meter = machine.UsageMeter(probe=None if distributed.is_main() else False)
     ctx.started = time.perf_counter()
     try:
-        with resume.saving_every(save_every):
+        with resume.saving_every(save_every), parallel.shared_workers():  # one set of worker processes per run
             record = run(cfg, ctx)
     except errors.TrainingDivergedError as err:
         raise errors.TrainingDivergedError(

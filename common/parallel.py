@@ -10,6 +10,12 @@ record is the same with 1 or 2 workers apart from timings (``tests/common/test_p
 a module-level function and its arguments picklable. With ``workers <= 1`` the jobs run here, in order.
 Measured latencies must not be taken while workers run: time them afterwards, in the parent, alone.
 
+A spawned worker spends seconds importing torch and the paper's code before its first job. Inside
+``with shared_workers():`` (``common.cli`` wraps every ``reproduce`` in it) the ``map_jobs`` calls of one run
+share their worker processes rather than spawning new ones per call; the workers are closed when the block
+ends. Jobs must not depend on what an earlier job left in a worker, which ``map_jobs`` requires anyway (a
+worker runs many jobs), so sharing changes nothing but the time.
+
 Work that is one job shared by the workers (data-parallel training of one model) runs in a process group
 instead: ``run_group(train, (cfg,), workers=2)`` starts ``workers`` processes joined by a gloo group on this
 machine, each calling ``train(cfg)`` with one torch thread (``torch.distributed`` gives it its rank), and returns
@@ -68,21 +74,59 @@ def map_jobs(
         return []
     if workers <= 1 or len(jobs) == 1:
         return [fn(*job) for job in progress(jobs, desc=desc)]
+    if _shared is not None:
+        env = _worker_env()
+        key = (workers, threads_per_worker, tuple(sorted(env.items())))
+        if key not in _shared:
+            _shared[key] = _new_pool(workers, threads_per_worker, env)
+        return _collect(_shared[key], fn, jobs, f"{desc} ({min(workers, len(jobs))} workers)")
     workers = min(workers, len(jobs))
-    env = _worker_env()
-    ctx = multiprocessing.get_context("spawn")
-    results: list[Any] = [None] * len(jobs)
-    with futures.ProcessPoolExecutor(
+    with _new_pool(workers, threads_per_worker, _worker_env()) as pool:
+        return _collect(pool, fn, jobs, f"{desc} ({workers} workers)")
+
+
+_shared: dict[tuple, futures.ProcessPoolExecutor] | None = None
+"""The pools of the innermost active :func:`shared_workers` block, by (workers, threads, environment); else None."""
+
+
+@contextlib.contextmanager
+def shared_workers():
+    """Within the block, :func:`map_jobs` calls that ask for the same workers, threads per worker and environment
+    reuse one pool of worker processes (spawned when first needed, one by one as jobs arrive); on leaving it the
+    pools are shut down and their processes joined (so their CPU time counts as the caller's children's). A nested
+    block uses the outer one's pools."""
+    global _shared
+    if _shared is not None:
+        yield
+        return
+    _shared = {}
+    try:
+        yield
+    finally:
+        pools, _shared = _shared, None
+        for pool in pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _new_pool(workers: int, threads_per_worker: int, env: dict[str, str]) -> futures.ProcessPoolExecutor:
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that has started torch's thread pools
+    return futures.ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=_init_worker, initargs=(threads_per_worker, env)
-    ) as pool:
-        pending = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
-        try:
-            for f in progress(futures.as_completed(pending), total=len(pending), desc=f"{desc} ({workers} workers)"):
-                results[pending[f]] = f.result()
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
+    )
+
+
+def _collect(pool: futures.ProcessPoolExecutor, fn: Callable[..., R], jobs: list[tuple], desc: str) -> list[R]:
+    """Submit every job to ``pool``; their results in job order. On the first failure the jobs not yet started
+    are cancelled and the exception is raised (jobs already running finish in the background)."""
+    results: list[Any] = [None] * len(jobs)
+    pending = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+    try:
+        for f in progress(futures.as_completed(pending), total=len(pending), desc=desc):
+            results[pending[f]] = f.result()
+    except BaseException:
+        for f in pending:
+            f.cancel()
+        raise
     return results
 
 

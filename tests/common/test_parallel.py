@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 import torch
 
-from common.parallel import GroupError, default_workers, map_jobs, run_group
+from common.parallel import GroupError, default_workers, map_jobs, run_group, shared_workers
 
 pytestmark = pytest.mark.kernel_independent  # make test's second kernel pass skips it (pyproject.toml)
 
@@ -33,9 +36,36 @@ def test_two_workers_give_the_one_worker_results_in_order():
     assert all(r[2] == 1 for r in two)  # each worker runs one torch thread
 
 
-def test_a_failing_job_raises_in_the_parent():
-    with pytest.raises(ValueError, match="job 2 failed"):
-        map_jobs(failing_job, [(s,) for s in range(4)], workers=2)
+def pid_job(seed: int) -> int:
+    time.sleep(0.2)  # long enough that both workers take a job
+    return os.getpid()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_calls_inside_shared_workers_reuse_one_set_of_processes_closed_at_the_end():
+    """(Outside the block each call spawns its own workers: the other tests.)"""
+    with shared_workers():
+        first = map_jobs(pid_job, [(s,) for s in range(4)], workers=2)
+        second = map_jobs(pid_job, [(s,) for s in range(4)], workers=2)
+        with shared_workers():  # nested: the outer block's workers
+            third = map_jobs(pid_job, [(s,) for s in range(2)], workers=2)
+        # a failing job raises here, and leaves the shared workers usable for the next call
+        with pytest.raises(ValueError, match="job 2 failed"):
+            map_jobs(failing_job, [(s,) for s in range(4)], workers=2)
+        fourth = map_jobs(pid_job, [(s,) for s in range(4)], workers=2)
+        assert os.getpid() not in first and len(set(first)) <= 2
+        assert set(second) <= set(first) and set(third) <= set(first) and set(fourth) <= set(first)
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in set(first)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # joined on leaving the block; a reaped pid can only be reused, not left running
+    assert not any(_alive(p) for p in set(first))
 
 
 def test_no_jobs_and_default_workers(monkeypatch):
