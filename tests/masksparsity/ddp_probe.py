@@ -1,7 +1,8 @@
 """A small data-parallel MaskSparsity pipeline, run in one process or under ``python -m common.launch --nproc 2``.
 
-``python -m common.launch --nproc 2 -m tests.masksparsity.ddp_probe`` prints ``MS_PROBE {json}`` from process 0
-(``MS_PROBE_ACCUMULATION=k``: with gradient accumulation);
+``python -m common.launch --nproc 2 -m tests.masksparsity.ddp_probe`` prints ``MS_PROBE {json}`` from process 0: the
+probe's values by gradient accumulation, for each k of ``MS_PROBE_ACCUMULATION=k1,k2,...`` (default 1; one launch
+for several, since starting the processes costs more than the probe);
 :func:`probe` in the test process gives the one-process values to compare with
 (tests/masksparsity/test_distributed.py). Smoke-sized: a width-4 ResNet-8 on 256 Fashion-MNIST images, in float64
 (in float32 a mere change of summation order, e.g. the BN formula, already moves γ by ~1e-4 relative in 8 steps;
@@ -62,7 +63,7 @@ def probe(accumulation: int = 1) -> dict:
 
 
 if __name__ == "__main__":
-    out = probe(int(os.environ.get("MS_PROBE_ACCUMULATION", "1")))
+    out = {k: probe(int(k)) for k in os.environ.get("MS_PROBE_ACCUMULATION", "1").split(",")}
     if dist.is_main():  # one write(2): the ranks share the pipe
         os.write(1, ("MS_PROBE " + json.dumps(out) + "\n").encode())
     if dist.world_size() > 1:

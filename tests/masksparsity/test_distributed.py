@@ -99,22 +99,24 @@ def test_in_memory_train_batches_are_shares_of_the_one_process_batch(monkeypatch
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("accumulation", [1, 2])
-def test_two_processes_train_mask_and_prune_like_one(accumulation):
-    """With accumulation too: micro-batch m of each process is its share of the global micro-batch m, whose BN
-    statistics the processes share, so 2 processes compute what 1 does with the same batch and accumulation."""
-    out = launch(["tests.masksparsity.ddp_probe"], {"MS_PROBE_ACCUMULATION": str(accumulation)}, timeout=900)
-    two = json.JSONDecoder().raw_decode(out.stdout.split("MS_PROBE ", 1)[1])[0]
-    one = ddp_probe.probe(accumulation)
-    assert two["world_size"] == 2 and one["world_size"] == 1
-    assert two["mask"] == one["mask"]  # the same channels chosen from the trained γ
-    # float64, 8 SGD steps + precise BN: summation order only (~1e-16 per operation, grown ~1e4x by the steps)
-    assert two["gamma"] == pytest.approx(one["gamma"], rel=1e-9, abs=1e-12)
-    assert two["running_mean"] == pytest.approx(one["running_mean"], rel=1e-9, abs=1e-12)
-    assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-6)  # evaluate() sums float32 losses
-    one_image = 100 / one["n_test"]  # an argmax may flip on a near-tie: at most one test image
-    assert abs(two["test_acc"] - one["test_acc"]) <= one_image
-    assert abs(two["pruned_test_acc"] - one["pruned_test_acc"]) <= one_image
+def test_two_processes_train_mask_and_prune_like_one():
+    """Without and with accumulation (one launch for both): micro-batch m of each process is its share of the global
+    micro-batch m, whose BN statistics the processes share, so 2 processes compute what 1 does with the same batch
+    and accumulation."""
+    out = launch(["tests.masksparsity.ddp_probe"], {"MS_PROBE_ACCUMULATION": "1,2"}, timeout=900)
+    both = json.JSONDecoder().raw_decode(out.stdout.split("MS_PROBE ", 1)[1])[0]
+    assert sorted(both) == ["1", "2"]
+    for accumulation, two in both.items():
+        one = ddp_probe.probe(int(accumulation))
+        assert two["world_size"] == 2 and one["world_size"] == 1
+        assert two["mask"] == one["mask"], accumulation  # the same channels chosen from the trained γ
+        # float64, 8 SGD steps + precise BN: summation order only (~1e-16 per operation, grown ~1e4x by the steps)
+        assert two["gamma"] == pytest.approx(one["gamma"], rel=1e-9, abs=1e-12)
+        assert two["running_mean"] == pytest.approx(one["running_mean"], rel=1e-9, abs=1e-12)
+        assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-6)  # evaluate() sums float32 losses
+        one_image = 100 / one["n_test"]  # an argmax may flip on a near-tie: at most one test image
+        assert abs(two["test_acc"] - one["test_acc"]) <= one_image
+        assert abs(two["pruned_test_acc"] - one["pruned_test_acc"]) <= one_image
 
 
 SMOKE_CUT = ["--set", "sparsity.flops_reductions=(0.63,)", "--set", "arms.scratch=False", "--set",
