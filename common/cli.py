@@ -3,11 +3,14 @@
 A paper's ``__main__.py`` is three lines::
 
     from common.cli import main
-    from . import config, reproduce
-    raise SystemExit(main("nvit", presets=config.PRESETS, run=reproduce.run, report=reproduce.report))
+    from . import config
+    raise SystemExit(main("nvit", presets=config.PRESETS, run="nvit.reproduce:run", report="nvit.reproduce:report"))
 
 ``run(cfg, ctx) -> RunRecord`` does the experiment; ``report(record, out_dir) -> str`` turns a saved
-record into Markdown (and figures under ``out_dir``) without recomputing anything. This module
+record into Markdown (and figures under ``out_dir``) without recomputing anything. Both, and an extra
+command's ``configure`` and ``handler``, may be given as ``"module:attribute"``: imported only when used, so that
+``--help`` and ``presets`` answer in a fraction of a second instead of first importing torch and the paper's
+libraries (seconds; this module keeps its own heavy imports inside the functions that need them). This module
 handles presets and overrides, runtime setup, provenance, writing the record atomically, and the
 generated results block of the paper's README.
 """
@@ -28,23 +31,16 @@ import textwrap
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from . import distributed, errors, machine, parallel, replication, resume, runtime
+from . import errors, resume
 from .config import ConfigError, Preset, config_hash, describe, get_preset, override, to_dict
-from .results import (
-    RECORD_FILE,
-    RunRecord,
-    claim_anchors,
-    load_record,
-    provenance,
-    render_record,
-    update_readme_block,
-    write_json_atomic,
-    write_record,
-)
+
+if TYPE_CHECKING:
+    import torch
+
+    from . import runtime
+    from .results import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +69,7 @@ class RunContext:
     cache: runtime.ArtifactCache
     config: Any
     started: float = dataclasses.field(default_factory=time.perf_counter)
-    timer: runtime.PhaseTimer = dataclasses.field(default_factory=runtime.PhaseTimer)
+    timer: runtime.PhaseTimer = dataclasses.field(default_factory=lambda: _runtime().PhaseTimer())
 
     def phase(self, name: str):
         """``with ctx.phase("fine-tuning"): ...``: the block's wall time goes to that phase of the record's
@@ -82,6 +78,8 @@ class RunContext:
 
     def new_record(self, seeds: list[int] | tuple[int, ...] | None = None) -> RunRecord:
         """An empty record with the config, its hash and provenance filled in."""
+        from .results import RunRecord, provenance
+
         if seeds is None:
             seeds = getattr(self.config, "seeds", ())
         return RunRecord(
@@ -92,25 +90,42 @@ class RunContext:
             config_hash=config_hash(self.config),
             seeds=list(seeds),
             provenance=provenance(
-                device=str(self.device), device_name=runtime.device_name(self.device), threads=self.threads
+                device=str(self.device), device_name=_runtime().device_name(self.device), threads=self.threads
             ),
         )
 
 
-RunFn = Callable[[Any, RunContext], RunRecord]
+RunFn = Callable[[Any, RunContext], "RunRecord"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Command:
     """An extra sub-command of a paper's CLI (e.g. ``python -m darex prune``): its help, its arguments
-    (``configure(parser)`` adds them) and ``handler(args) -> exit code``."""
+    (``configure(parser)`` adds them) and ``handler(args) -> exit code``; either may be ``"module:function"``,
+    imported only when this sub-command is the one run (or its ``--help`` asked for)."""
 
     help: str
-    configure: Callable[[argparse.ArgumentParser], None]
-    handler: Callable[[argparse.Namespace], int]
+    configure: Callable[[argparse.ArgumentParser], None] | str
+    handler: Callable[[argparse.Namespace], int] | str
 
 
-ReportFn = Callable[[RunRecord, Path], str]
+def resolve(target: Any) -> Any:
+    """``target`` itself, or for a ``"module:attribute"`` string that attribute (the module imported now)."""
+    if not isinstance(target, str):
+        return target
+    module, _, name = target.partition(":")
+    if not name:
+        raise ValueError(f"expected 'module:attribute', got {target!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _runtime():
+    from . import runtime  # imports torch: here rather than at the top, so that --help stays fast
+
+    return runtime
+
+
+ReportFn = Callable[["RunRecord", Path], str]
 """``report(record, out_dir) -> Markdown``; links in it (figures) are relative to ``out_dir``."""
 
 _RELATIVE_LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
@@ -129,6 +144,8 @@ def rebase_links(markdown: str, source_dir: Path, target_dir: Path) -> str:
 
 
 def default_report(record: RunRecord, out_dir: Path) -> str:
+    from .results import render_record
+
     return render_record(record, heading_level=4)
 
 
@@ -146,6 +163,8 @@ def make_command(paper: str, preset: str, sets: list[str]) -> str:
 
 def saved_presets(paper_dir: Path) -> list[str]:
     """Presets with a saved record under ``paper_dir``, the default preset first."""
+    from .results import RECORD_FILE
+
     if not paper_dir.exists():
         return []
     names = [p.name for p in paper_dir.iterdir() if (p / RECORD_FILE).exists()]
@@ -168,6 +187,9 @@ def report_all(
     when no README is updated). Links in the block are made relative to ``link_base`` (default: the
     README's folder). Returns the block's Markdown.
     """
+    from . import replication
+    from .results import claim_anchors, load_record, update_readme_block, write_record
+
     link_base = link_base or (readme.parent if readme is not None else None)
     paper_dir = results_dir / paper
     sections = []
@@ -198,6 +220,7 @@ def report_all(
 def cite_line(paper: str, results_dir: Path) -> str:
     """'How to cite this reproduction': the paper, the claim ids of the default record, its commit."""
     from .overview import PAPERS  # the titles; imported here to keep the CLI's import light
+    from .results import RECORD_FILE, load_record
 
     titles = {p.package: p for p in PAPERS}
     path = results_dir / paper / "mini"
@@ -215,8 +238,14 @@ def cite_line(paper: str, results_dir: Path) -> str:
 
 
 def _build_parser(
-    paper: str, presets: Mapping[str, Preset], description: str, commands: Mapping[str, Command]
+    paper: str,
+    presets: Mapping[str, Preset],
+    description: str,
+    commands: Mapping[str, Command],
+    chosen: str | None = None,
 ) -> argparse.ArgumentParser:
+    """The parser; an extra command whose ``configure`` is a ``"module:function"`` gets its arguments only when it
+    is ``chosen`` (the first word of the command line), so the others' modules are not imported."""
     preset_lines = "\n".join(
         f"  {name:<6} {(fn.__doc__ or '').strip().splitlines()[0]}" for name, fn in presets.items()
     )
@@ -265,7 +294,8 @@ def _build_parser(
 
     for name, command in commands.items():
         extra = sub.add_parser(name, help=command.help, description=command.help)
-        command.configure(extra)
+        if name == chosen or not isinstance(command.configure, str):
+            resolve(command.configure)(extra)
     for subparser in sub.choices.values():
         _add_debug_flag(subparser, default=argparse.SUPPRESS)  # also accepted after the sub-command
     return parser
@@ -297,8 +327,8 @@ def main(
     paper: str,
     *,
     presets: Mapping[str, Preset],
-    run: RunFn,
-    report: ReportFn = default_report,
+    run: RunFn | str,
+    report: ReportFn | str = default_report,
     description: str = "",
     commands: Mapping[str, Command] | None = None,
     argv: list[str] | None = None,
@@ -311,8 +341,10 @@ def main(
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     commands = dict(commands or {})
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)  # the top-level parser has flags only
     parser = _build_parser(
-        paper, presets, description or (importlib.import_module(paper).__doc__ or "").strip(), commands
+        paper, presets, description or (importlib.import_module(paper).__doc__ or "").strip(), commands, chosen
     )
     args = parser.parse_args(argv)
     try:
@@ -341,17 +373,18 @@ def _dispatch(
     commands: Mapping[str, Command],
     supports_distributed: bool = False,
 ) -> int:
-    if args.command in commands:
-        runtime.enable_offline_mode()
-        return commands[args.command].handler(args)
-
     if args.command == "presets":
         _print_presets(presets, args.name)
         return 0
 
+    runtime = _runtime()
+    if args.command in commands:
+        runtime.enable_offline_mode()
+        return resolve(commands[args.command].handler)(args)
+
     results_dir = args.results_dir or runtime.results_root()
     if args.command == "report":
-        report_all(paper, results_dir, report, readme=None if args.no_readme else readme_path(paper))
+        report_all(paper, results_dir, resolve(report), readme=None if args.no_readme else readme_path(paper))
         return 0
 
     try:
@@ -362,6 +395,8 @@ def _dispatch(
         print(json.dumps(to_dict(cfg), indent=2))
         print(f"config hash: {config_hash(cfg)}")
         return 0
+
+    from . import distributed, machine, parallel
 
     runtime.enable_offline_mode()
     if args.save_every is not None and args.save_every < 0:
@@ -400,7 +435,7 @@ def _dispatch(
     ctx.started = time.perf_counter()
     try:
         with resume.saving_every(save_every), parallel.shared_workers():  # one set of worker processes per run
-            record = run(cfg, ctx)
+            record = resolve(run)(cfg, ctx)
     except errors.TrainingDivergedError as err:
         raise errors.TrainingDivergedError(
             f"{err} [preset {args.preset}, config {config_hash(cfg)}: {ctx.command}]"
@@ -416,7 +451,10 @@ def _dispatch(
     record.provenance["machine"] = meter.finish(wall)
     if not distributed.is_main():  # only rank 0 writes records, tables, figures and the README
         return 0
+    from .results import RECORD_FILE, write_json_atomic
+
     write_json_atomic(out_dir / RECORD_FILE, record.to_json())
     log.info("wrote %s", out_dir / RECORD_FILE)
-    report_all(paper, results_dir, report, readme=None if args.no_readme else readme_path(paper), presets=[args.preset])
+    readme = None if args.no_readme else readme_path(paper)
+    report_all(paper, results_dir, resolve(report), readme=readme, presets=[args.preset])
     return 0

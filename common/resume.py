@@ -32,8 +32,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import distributed as dist
-
 _log = logging.getLogger(__name__)
 
 SAVE_EVERY_ENV = "PRUNE_REPRO_SAVE_EVERY"
@@ -97,6 +95,8 @@ def slot(directory: Path, clear: bool = False) -> Iterator[Path]:
     finally:
         _SLOT.reset(token)
     if clear:  # reached only without an exception
+        from . import distributed as dist  # here, not at the top: the CLI imports this module for --help
+
         dist.barrier()
         if dist.is_main():
             shutil.rmtree(directory, ignore_errors=True)
@@ -151,6 +151,8 @@ class Checkpoint:
     def _accelerator(self):
         from accelerate import Accelerator
 
+        from . import distributed as dist
+
         accelerator = Accelerator(cpu=dist.state().device.type == "cpu")
         accelerator.register_for_checkpointing(*self._objects)
         return accelerator
@@ -182,6 +184,8 @@ class Checkpoint:
         if not self.active or last or (epoch + 1) % self.every:
             return
         assert self.directory is not None
+        from . import distributed as dist
+
         new, current, old = (self.directory / name for name in ("state.new", "state", "state.old"))
         if dist.is_main():
             shutil.rmtree(new, ignore_errors=True)

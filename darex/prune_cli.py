@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from common.cli import Command
 from common.errors import IncompatibleModelsError, PathNotFoundError, UserError, require_path
 from common.runtime import generator, select_device
 
@@ -224,7 +223,3 @@ def handle(args: argparse.Namespace) -> int:
         chosen.update(saved_to=str(out), model_bytes=directory_bytes(out) - sparse, sparse_delta_bytes=sparse)
     print(json.dumps(chosen, indent=2))
     return 0
-
-
-COMMAND = Command(help="prune a fine-tuned model's deltas against its base, evaluate and save", configure=configure,
-                  handler=handle)  # fmt: skip

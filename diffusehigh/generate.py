@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from common import runtime
-from common.cli import Command
 from common.errors import PathNotFoundError, UserError
 
 from .config import README_NEGATIVE_PROMPT
@@ -194,10 +193,3 @@ def _quiet_loading():
     finally:
         diffusers_logging.set_verbosity(level)
         diffusers_logging.enable_progress_bar()
-
-
-GENERATE_COMMAND = Command(
-    help="generate (or, with --image, upscale) images with DiffuseHigh from a local diffusers model folder",
-    configure=configure,
-    handler=handler,
-)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from common import distributed, parallel, runtime
-from common.cli import Command, RunContext
+from common.cli import RunContext
 from common.config import ConfigError, config_hash, get_preset, override, to_dict
 from common.errors import UserError
 from common.results import NOT_TESTABLE, RunRecord, claims_table, markdown_table, render_record
@@ -1027,7 +1027,7 @@ def pipeline_kwargs(s: StageConfig, num_inference_steps: int) -> dict:
 # `python -m diffusehigh train`
 
 
-def _configure_train(parser: argparse.ArgumentParser) -> None:
+def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="mini", choices=list(config_lib.PRESETS), help="whose base model")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field (changes the training hash)")  # fmt: skip
@@ -1041,7 +1041,7 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
 
 
-def _train_handler(args: argparse.Namespace) -> int:
+def train_command(args: argparse.Namespace) -> int:
     """User errors (a bad --set, a preset without a model to train, a bad config value) propagate as
     :class:`~common.errors.UserError`: the shared CLI prints one line and exits 2."""
     cfg = override(get_preset(config_lib.PRESETS, args.preset), args.sets)  # ConfigError: a user error
@@ -1075,10 +1075,3 @@ def _train_handler(args: argparse.Namespace) -> int:
     path = train_lib.write_checkpoint(state, meta, args.preset)
     print(f"wrote {path} ({path.stat().st_size} bytes) in {summary['train_wall_time_s']} s of training")
     return 0
-
-
-TRAIN_COMMAND = Command(
-    help="train the pixel base model of a preset and write it to diffusehigh/checkpoints/ (safetensors + JSON)",
-    configure=_configure_train,
-    handler=_train_handler,
-)

@@ -1,11 +1,12 @@
-"""``python -m masksparsity {reproduce,report,presets,architectures}``; ``--help`` explains each."""
+"""``python -m masksparsity {reproduce,report,presets,architectures}``; ``--help`` explains each.
+
+Only the config is imported here: the rest (torch) loads when a command runs, so ``--help`` is quick."""
 
 import argparse
 
 from common.cli import Command, main, readme_path
-from common.results import update_readme_block
 
-from . import config, reproduce
+from . import config
 
 
 def _configure_architectures(parser: argparse.ArgumentParser) -> None:
@@ -13,6 +14,8 @@ def _configure_architectures(parser: argparse.ArgumentParser) -> None:
 
 
 def _architectures(args: argparse.Namespace) -> int:
+    from common.results import update_readme_block
+
     from .flops import architecture_table
 
     table = architecture_table()
@@ -31,5 +34,5 @@ COMMANDS = {
 }
 
 if __name__ == "__main__":
-    kwargs = {"run": reproduce.run, "report": reproduce.report, "commands": COMMANDS}
+    kwargs = {"run": "masksparsity.reproduce:run", "report": "masksparsity.reproduce:report", "commands": COMMANDS}
     raise SystemExit(main("masksparsity", presets=config.PRESETS, supports_distributed=True, **kwargs))

@@ -293,12 +293,3 @@ def handler(args: argparse.Namespace) -> int:
     path = write(record, out_dir, readme)
     print(f"wrote {path}")
     return 0
-
-
-COMMAND_HELP = "params, FLOPs and measured speedups of DeiT-B/S/T and ReViT-S/T (Tables 1 and 7), random weights"
-
-
-def command():
-    from common.cli import Command
-
-    return Command(help=COMMAND_HELP, configure=configure, handler=handler)

@@ -11,13 +11,13 @@ import pytest
 from common.cli import NotImplementedYet, main, report_all
 from common.results import load_record, read_block
 from common.runtime import REPO_ROOT
-from darex import config, prune_cli, reproduce
+from darex import config, reproduce
+from darex.__main__ import COMMANDS
 from tests.smoke import assert_claim_ids_stable
 
 
 def run_cli(*argv: str) -> int:
-    commands = {"prune": prune_cli.COMMAND}
-    return main("darex", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, commands=commands,
+    return main("darex", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, commands=COMMANDS,
                 argv=list(argv))  # fmt: skip
 
 

@@ -70,7 +70,7 @@ def test_bad_config_values_are_user_errors(tmp_results, capsys):
 
 
 def test_three_regime_grid_command_refuses_a_bad_shard(tmp_path, capsys):
-    from three_regime.cli import COMMANDS
+    from three_regime.__main__ import COMMANDS
     from three_regime.config import PRESETS
     from three_regime.reproduce import report, run
 

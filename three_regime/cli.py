@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 from common import distributed as dist
-from common.cli import Command
 from common.config import get_preset, override
 from common.runtime import ArtifactCache, select_device
 
@@ -32,7 +31,7 @@ from .config import PRESETS
 log = logging.getLogger(__name__)
 
 
-def _configure_grid(parser: argparse.ArgumentParser) -> None:
+def configure_grid(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="mini", choices=list(PRESETS), help="which preset's grid (default: mini)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field (as for reproduce)")  # fmt: skip
@@ -46,7 +45,7 @@ def _configure_grid(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _grid(args: argparse.Namespace) -> int:
+def grid_command(args: argparse.Namespace) -> int:
     cfg = override(get_preset(PRESETS, args.preset), args.sets)  # a ConfigError is one line, exit 2 (common.cli)
     shard = grid.parse_shard(args.shard) if args.shard else (cfg.shard.index, cfg.shard.count)
     device = dist.device() if dist.world_size() > 1 else select_device(args.device)
@@ -59,24 +58,17 @@ def _grid(args: argparse.Namespace) -> int:
     return 0
 
 
-def _configure_merge(parser: argparse.ArgumentParser) -> None:
+def configure_merge(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "sources", nargs="+", type=Path, help="cache roots (or their three_regime/ folders) to copy from"
     )
     parser.add_argument("--cache-dir", type=Path, default=None, help="destination cache root (default: this one)")
 
 
-def _merge(args: argparse.Namespace) -> int:
+def merge_command(args: argparse.Namespace) -> int:
     if not dist.is_main():  # under a launcher: one process copies
         return 0
     cache = ArtifactCache(grid.NAMESPACE, root=args.cache_dir)
     copied = grid.merge_caches(args.sources, cache)
     print(f"merged {copied} finished jobs into {cache.dir}")
     return 0
-
-
-COMMANDS = {
-    "grid": Command("run one shard of a preset's grid into the cache (no record); see three_regime/cli.py",
-                    _configure_grid, _grid),
-    "merge": Command("copy finished grid jobs from other caches into this one", _configure_merge, _merge),
-}  # fmt: skip

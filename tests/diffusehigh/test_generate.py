@@ -17,6 +17,7 @@ from common.cli import main
 from common.errors import EXIT_USER_ERROR
 from common.runtime import REPO_ROOT
 from diffusehigh import config, generate, reproduce
+from diffusehigh.__main__ import COMMANDS
 
 from .tiny_models import sdxl_pipeline
 
@@ -27,7 +28,7 @@ FAST = ["--steps", "4", "--noising-steps", "2", "--dwt-steps", "1", "--device", 
 
 def run_generate(*argv: str) -> int:
     return main("diffusehigh", presets=config.PRESETS, run=reproduce.run,
-                commands={"generate": generate.GENERATE_COMMAND}, argv=["generate", *argv])  # fmt: skip
+                commands=COMMANDS, argv=["generate", *argv])  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from common.results import VERDICTS, load_record
 from diffusehigh import claims as claims_lib
 from diffusehigh import config, core, reproduce
 from diffusehigh import train as train_lib
+from diffusehigh.__main__ import COMMANDS
 from tests.smoke import load_smoke_record, run_smoke
 
 pytestmark = pytest.mark.e2e  # whole preset runs; `make test` skips them on its second kernel pass
@@ -330,7 +331,7 @@ def test_train_command_checks_the_config_before_training(tmp_path, capsys, monke
     monkeypatch.setattr(train_lib, "train_base_model", train)
     argv = ["train", "--preset", "smoke", "--set", "model.norm_num_groups=3"]
     code = main("diffusehigh", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv,
-                commands={"train": reproduce.TRAIN_COMMAND})  # fmt: skip
+                commands=COMMANDS)  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "model.norm_num_groups" in err, err
 
@@ -352,6 +353,6 @@ def test_train_command_user_errors_are_one_line_exit_2(capsys, monkeypatch, argv
 
     monkeypatch.setattr(train_lib, "train_base_model", train)
     code = main("diffusehigh", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv,
-                commands={"train": reproduce.TRAIN_COMMAND})  # fmt: skip
+                commands=COMMANDS)  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("diffusehigh: error: ") and expected in err, err

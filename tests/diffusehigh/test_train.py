@@ -10,6 +10,7 @@ import torch
 from common.cli import main
 from diffusehigh import config, reproduce
 from diffusehigh import train as train_lib
+from diffusehigh.__main__ import COMMANDS
 
 pytestmark = pytest.mark.kernel_independent  # bitwise equality of two runs on one machine holds on any kernels
 
@@ -42,7 +43,7 @@ def test_micro_batches_are_checked():
 def test_train_command_refuses_a_worker_count_that_does_not_divide_the_micro_batches(capsys):
     argv = ["train", "--preset", "smoke", "--workers", "3"]
     code = main("diffusehigh", presets=config.PRESETS, run=reproduce.run, report=reproduce.report, argv=argv,
-                commands={"train": reproduce.TRAIN_COMMAND})  # fmt: skip
+                commands=COMMANDS)  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "workers must divide train.micro_batches (2), got 3" in err, err
 

@@ -88,12 +88,12 @@ def test_shards_merge_to_the_unsharded_result(tmp_path):
     grid.run_jobs(cfg, cache_at(tmp_path / "whole"))
     whole = grid.collect(cfg, cache_at(tmp_path / "whole"))
     for i in range(2):  # two "machines", each with its own cache
-        assert cli.COMMANDS["grid"].handler(_args(preset="smoke", sets=_sets(cfg), shard=f"{i}/2",
+        assert cli.grid_command(_args(preset="smoke", sets=_sets(cfg), shard=f"{i}/2",
                                                   cache_dir=tmp_path / f"shard{i}")) == 0  # fmt: skip
     merged = cache_at(tmp_path / "merged")
     with pytest.raises(FileNotFoundError):
         grid.collect(cfg, merged)
-    assert cli.COMMANDS["merge"].handler(_args(sources=[tmp_path / "shard0", tmp_path / "shard1" / grid.NAMESPACE],
+    assert cli.merge_command(_args(sources=[tmp_path / "shard0", tmp_path / "shard1" / grid.NAMESPACE],
                                                cache_dir=tmp_path / "merged")) == 0  # fmt: skip
     assert _flat(grid.collect(cfg, merged)) == _flat(whole)
     assert grid.merge_caches([tmp_path / "shard0"], merged) == 0, "merging twice copies nothing"

@@ -15,14 +15,15 @@ from common.data import DatasetNotFoundError
 from common.results import VERDICTS, load_record, read_block
 from common.runtime import REPO_ROOT
 from tests.smoke import assert_claim_ids_stable
-from three_regime import cli, config, reproduce
+from three_regime import config, reproduce
+from three_regime.__main__ import COMMANDS
 
 pytestmark = pytest.mark.e2e  # whole preset runs; `make test` skips them on its second kernel pass
 
 
 def run_cli(*argv: str) -> int:
     return main("three_regime", presets=config.PRESETS, run=reproduce.run, report=reproduce.report,
-                commands=cli.COMMANDS, argv=list(argv))  # fmt: skip
+                commands=COMMANDS, argv=list(argv))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
