@@ -15,6 +15,14 @@ from typing import Literal
 
 from common.config import param
 
+MODEL_DIR_HINT = (
+    "Pass --model-dir a local diffusers pipeline directory (e.g. stable-diffusion-xl-base-1.0 or "
+    "stable-diffusion-v1-5: model_index.json, unet/, vae/, text_encoder*/, tokenizer*/, scheduler/); nothing is "
+    "downloaded."
+)
+"""What every refusal of a model directory ends with (here, not in pipeline.py: ``generate`` checks the folder
+before it imports diffusers)."""
+
 SDXL_SIGMA_T281 = 0.7789
 """SDXL's Euler sigma at t=281, the first of the last 15 of 50 steps (alpha_bar 0.6224; notes 2.5, App. A)."""
 

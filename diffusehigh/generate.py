@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from common import runtime
-from common.errors import PathNotFoundError, UserError
+from common.errors import PathNotFoundError, UserError, require_path
 
-from .config import README_NEGATIVE_PROMPT
+from .config import MODEL_DIR_HINT, README_NEGATIVE_PROMPT
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ def save_png(image, path: Path, settings: dict) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Check the folder and the image before loading anything (user errors: one line, exit 2), then generate."""
+    require_path(args.model_dir, "--model-dir", kind="dir", hint=MODEL_DIR_HINT)  # a typo: said before diffusers loads
     from . import pipeline as pipeline_lib
 
     _, cls = pipeline_lib.check_model_dir(args.model_dir)

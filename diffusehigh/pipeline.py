@@ -41,7 +41,7 @@ from PIL import Image
 from common.errors import PathNotFoundError, UserError, require_path
 
 from . import core
-from .config import README_NEGATIVE_PROMPT, StageConfig
+from .config import MODEL_DIR_HINT, README_NEGATIVE_PROMPT, StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -891,11 +891,6 @@ SDXL_HINT = (
     "Put stable-diffusion-xl-base-1.0 in diffusers layout (model_index.json, unet/, vae/, text_encoder/, "
     "text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/) in a local directory and pass --set sdxl_path=/that/dir "
     "(nothing is downloaded)."
-)
-MODEL_DIR_HINT = (
-    "Pass --model-dir a local diffusers pipeline directory (e.g. stable-diffusion-xl-base-1.0 or "
-    "stable-diffusion-v1-5: model_index.json, unet/, vae/, text_encoder*/, tokenizer*/, scheduler/); nothing is "
-    "downloaded."
 )
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 
