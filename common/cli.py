@@ -398,6 +398,7 @@ def _dispatch(
 
     from . import distributed, machine, parallel
 
+    run = resolve(run)  # the paper's code is imported before the clock starts, as it was when imported at the top
     runtime.enable_offline_mode()
     if args.save_every is not None and args.save_every < 0:
         parser.error(f"--save-every must be 0 (never) or a number of epochs, got {args.save_every}")
@@ -435,7 +436,7 @@ def _dispatch(
     ctx.started = time.perf_counter()
     try:
         with resume.saving_every(save_every), parallel.shared_workers():  # one set of worker processes per run
-            record = resolve(run)(cfg, ctx)
+            record = run(cfg, ctx)
     except errors.TrainingDivergedError as err:
         raise errors.TrainingDivergedError(
             f"{err} [preset {args.preset}, config {config_hash(cfg)}: {ctx.command}]"
