@@ -50,7 +50,9 @@ def _alive(pid: int) -> bool:
 
 
 def test_calls_inside_shared_workers_reuse_one_set_of_processes_closed_at_the_end():
-    """(Outside the block each call spawns its own workers: the other tests.)"""
+    """Inside ``shared_workers`` every call (and a nested block) runs in the first call's processes, a failing job
+    still raises, and the processes are gone after the block (outside one, each call starts its own: the tests
+    above and below)."""
     with shared_workers():
         first = map_jobs(pid_job, [(s,) for s in range(4)], workers=2)
         second = map_jobs(pid_job, [(s,) for s in range(4)], workers=2)
